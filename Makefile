@@ -1,0 +1,33 @@
+# Set-up is automatic: every target creates .venv from requirements-lock.txt if needed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test book bench clean-venv
+
+$(STAMP): requirements-lock.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -r requirements-lock.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+## demo: train on the bundled digits data, forget one class with SSD and LFSSD, print the table
+demo: $(STAMP)
+	$(PY) -m lfssd_tutorial demo
+
+## test: the whole test suite (unit tests and notebooks)
+test: $(STAMP)
+	$(PY) -m pytest
+
+## book: the strict HTML build of the book into _build/html
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+## bench: the performance benchmark
+bench: $(STAMP)
+	$(PY) benchmarks/bench_importance.py
+
+clean-venv:
+	rm -rf $(VENV)

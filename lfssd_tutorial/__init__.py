@@ -1,0 +1,37 @@
+"""lfssd_tutorial: Loss-Free Selective Synaptic Dampening (LFSSD) and SSD, from first principles.
+
+The public API::
+
+    compute_importance(model, loader, objective="l2" | "fisher", granularity="batch" | "sample")
+    select_and_dampen_(model, full_importance, forget_importance, alpha=..., lambda_=...)
+    unlearn(model, forget_loader, method="lfssd" | "ssd", full_loader=... | full_importance=...)
+    unlearning(net, retain, forget, validation)          # NeurIPS 2023 starting-kit contract
+    save_importance / load_importance                     # cache Imp_D across forget requests
+"""
+
+from .dampening import (
+    DampeningReport,
+    NothingSelectedWarning,
+    importance_ratios,
+    max_importance_ratio,
+    select_and_dampen_,
+)
+from .importance import check_importance, compute_importance, load_importance, save_importance
+from .unlearn import unlearn, unlearning
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DampeningReport",
+    "NothingSelectedWarning",
+    "check_importance",
+    "compute_importance",
+    "importance_ratios",
+    "load_importance",
+    "max_importance_ratio",
+    "save_importance",
+    "select_and_dampen_",
+    "unlearn",
+    "unlearning",
+    "__version__",
+]
