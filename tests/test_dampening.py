@@ -1,0 +1,142 @@
+"""select_and_dampen_: SPEC section 3 on hand-made tensors, invariants, the report, bad input."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from lfssd_tutorial import DampeningReport, NothingSelectedWarning, importance_ratios, max_importance_ratio, select_and_dampen_
+
+from .conftest import make_cnn
+
+
+class Tiny(nn.Module):
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.lin = nn.Linear(len(bias), len(bias))
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.lin.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+
+def imp(weight, bias):
+    return {"lin.weight": torch.as_tensor(weight, dtype=torch.float32), "lin.bias": torch.as_tensor(bias, dtype=torch.float32)}
+
+
+def test_hand_made_example():
+    # theta = 2 everywhere. alpha = 2, lambda = 1.
+    model = Tiny([[2.0, 2.0], [2.0, 2.0]], [2.0, 2.0])
+    full = imp([[1.0, 1.0], [1.0, 0.0]], [0.5, 0.0])
+    forget = imp([[3.0, 2.0], [4.0, 1.0]], [0.5, 0.0])
+    # ratios: 3 (sel, beta 1/3), 2 (not > 2), 4 (sel, beta 1/4), inf (Imp_D = 0: sel, beta 0); bias: 1, 0/0 (not sel)
+    report = select_and_dampen_(model, full, forget, alpha=2.0, lambda_=1.0)
+    torch.testing.assert_close(model.lin.weight.data, torch.tensor([[2 / 3, 2.0], [0.5, 0.0]]))
+    assert torch.equal(model.lin.bias.data, torch.tensor([2.0, 2.0]))
+    assert report.selected == {"lin.weight": 3, "lin.bias": 0}
+    assert report.changed == {"lin.weight": 3, "lin.bias": 0}
+    assert report.total_selected == 3 and report.total_numel == 6
+    assert report.fraction_selected == pytest.approx(0.5)
+    assert report.max_ratio == pytest.approx(4.0)
+    assert report.max_ratio_parameter == "lin.weight"
+    assert report.unbounded == 1
+
+
+def test_lambda_above_alpha_clamps_beta_at_one():
+    # Selected (ratio 3 > alpha 2) but lambda * Imp_D / Imp_Df = 5 / 3 > 1: beta clamps to 1, weight unchanged.
+    model = Tiny([[1.5, -1.5], [1.5, 1.5]], [1.0, 1.0])
+    full = imp([[1.0, 1.0], [1.0, 1.0]], [1.0, 1.0])
+    forget = imp([[3.0, 6.0], [1.0, 1.0]], [1.0, 1.0])
+    report = select_and_dampen_(model, full, forget, alpha=2.0, lambda_=5.0)
+    # second element: ratio 6 selected, beta = 5/6
+    torch.testing.assert_close(model.lin.weight.data, torch.tensor([[1.5, -1.25], [1.5, 1.5]]))
+    assert report.selected["lin.weight"] == 2
+    assert report.changed["lin.weight"] == 1
+
+
+def test_zero_lambda_zeroes_selected():
+    model = Tiny([[1.0, 1.0], [1.0, 1.0]], [1.0, 1.0])
+    select_and_dampen_(model, imp([[1.0, 1.0], [1.0, 1.0]], [1.0, 1.0]), imp([[9.0, 1.0], [1.0, 1.0]], [1.0, 1.0]), alpha=1.0, lambda_=0.0)
+    assert torch.equal(model.lin.weight.data, torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("alpha,lambda_", [(0.5, 1.0), (1.0, 1.0), (2.0, 0.5), (1.0, 3.0), (3.0, 10.0)])
+def test_invariants_on_random_importances(alpha, lambda_):
+    model = make_cnn(seed=3)
+    g = torch.Generator().manual_seed(7)
+    full = {n: torch.rand(p.shape, generator=g) for n, p in model.named_parameters()}
+    forget = {n: torch.rand(p.shape, generator=g) * 3 for n, p in model.named_parameters()}
+    before = copy.deepcopy(model.state_dict())
+    report = select_and_dampen_(model, full, forget, alpha=alpha, lambda_=lambda_)
+    total = 0
+    for name, p in model.named_parameters():
+        old = before[name]
+        sel = forget[name] > alpha * full[name]
+        assert (p.abs() <= old.abs()).all(), name  # no weight grows
+        assert torch.equal(p[~sel], old[~sel]), name  # unselected bit-identical
+        beta = torch.clamp(lambda_ * full[name] / forget[name], max=1.0)
+        torch.testing.assert_close(p[sel], old[sel] * beta[sel])
+        assert (torch.sign(p[sel]) * torch.sign(old[sel]) >= 0).all()  # no sign flips
+        assert report.selected[name] == int(sel.sum())
+        total += int(sel.sum())
+    assert report.total_selected == total
+    for name, buf in model.named_buffers():  # BatchNorm running stats untouched
+        assert torch.equal(buf, before[name]), name
+    assert report.max_ratio == pytest.approx(max_importance_ratio(full, forget))
+    assert report.max_ratio == pytest.approx(float(importance_ratios(full, forget).max()))
+
+
+def test_alpha_above_ceiling_selects_nothing_and_warns():
+    model = make_cnn(seed=4)
+    full = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    forget = {n: torch.full_like(p, 2.0) for n, p in model.named_parameters()}
+    forget["classifier.bias"][0] = 3.5
+    before = copy.deepcopy(model.state_dict())
+    with pytest.warns(NothingSelectedWarning, match=r"alpha=10 selected no weights.*largest importance ratio Imp_Df/Imp_D is 3\.5"):
+        report = select_and_dampen_(model, full, forget, alpha=10.0, lambda_=1.0)
+    assert report.nothing_selected and report.total_changed == 0
+    assert report.max_ratio == pytest.approx(3.5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    # Just below the ceiling exactly one weight is selected.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = select_and_dampen_(model, full, forget, alpha=3.4, lambda_=1.0)
+    assert report.total_selected == 1
+
+
+def test_report_text_and_dict():
+    report = DampeningReport(alpha=2, lambda_=1, selected={"a": 1}, numel={"a": 4}, changed={"a": 1}, max_ratio=3.0, max_ratio_parameter="a")
+    assert "selected 1 of 4" in str(report) and "largest ratio" in str(report)
+    d = report.to_dict()
+    assert d["fraction_selected"] == 0.25 and d["max_ratio"] == 3.0
+    assert report.rows()[0]["fraction_selected"] == 0.25
+
+
+@pytest.mark.parametrize(
+    "alpha,lambda_,match",
+    [(0.0, 1.0, "alpha"), (-1.0, 1.0, "alpha"), (1.0, -0.1, "lambda_"), (float("nan"), 1.0, "finite"), (1.0, float("inf"), "finite"), ("10", 1.0, "number")],
+)
+def test_bad_hyperparameters(alpha, lambda_, match):
+    model = make_cnn()
+    full = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=match):
+        select_and_dampen_(model, full, full, alpha=alpha, lambda_=lambda_)
+
+
+def test_mismatched_importances():
+    model = make_cnn()
+    full = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    forget = dict(full)
+    del forget["classifier.weight"]
+    with pytest.raises(ValueError, match=r"forget_importance \(Imp_Df\) is missing"):
+        select_and_dampen_(model, full, forget, alpha=1.0, lambda_=1.0)
+    bad = dict(full)
+    bad["classifier.weight"] = torch.ones(2, 2)
+    with pytest.raises(ValueError, match=r"full_importance \(Imp_D\).*shape"):
+        select_and_dampen_(model, bad, full, alpha=1.0, lambda_=1.0)
+    nan = dict(full)
+    nan["classifier.bias"] = torch.full_like(full["classifier.bias"], float("nan"))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        select_and_dampen_(model, full, nan, alpha=1.0, lambda_=1.0)

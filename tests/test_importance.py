@@ -1,0 +1,226 @@
+"""compute_importance against naive reference loops, and its side-effect guarantees."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lfssd_tutorial import check_importance, compute_importance, load_importance, save_importance
+
+from .conftest import make_batches, make_cnn
+
+
+def _objective(out, y, objective):
+    if objective == "fisher":
+        return F.cross_entropy(out, y)
+    return out.pow(2).sum(dim=1).mean()
+
+
+def naive_batch(model, batches, objective):
+    """The reference code's loop: zero_grad, forward, backward, accumulate grad**2 or |grad|."""
+    model = copy.deepcopy(model).eval()
+    acc = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x, y in batches:
+        model.zero_grad()
+        _objective(model(x), y, objective).backward()
+        for n, p in model.named_parameters():
+            g = p.grad.detach().clone()
+            acc[n] += g.pow(2) if objective == "fisher" else g.abs()
+    return {n: a / len(batches) for n, a in acc.items()}
+
+
+def naive_sample(model, batches, objective):
+    """A plain loop over single samples: |grad|/grad**2 of each sample's own objective."""
+    model = copy.deepcopy(model).eval()
+    acc = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    count = 0
+    for x, y in batches:
+        for i in range(x.shape[0]):
+            model.zero_grad()
+            _objective(model(x[i : i + 1]), y[i : i + 1], objective).backward()
+            for n, p in model.named_parameters():
+                g = p.grad.detach().clone()
+                acc[n] += g.pow(2) if objective == "fisher" else g.abs()
+            count += 1
+    return {n: a / count for n, a in acc.items()}
+
+
+@pytest.mark.parametrize("objective", ["l2", "fisher"])
+@pytest.mark.parametrize("granularity,naive", [("batch", naive_batch), ("sample", naive_sample)])
+def test_matches_naive_loop(cnn, batches, objective, granularity, naive):
+    assert [len(b[0]) for b in batches] == [8, 8, 7]  # uneven last batch
+    got = compute_importance(cnn, batches, objective=objective, granularity=granularity, sample_chunk_size=5)
+    want = naive(cnn, batches, objective)
+    assert got.keys() == want.keys() == dict(cnn.named_parameters()).keys()
+    for name in want:
+        assert got[name].dtype == torch.float32
+        assert got[name].shape == want[name].shape
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-7, msg=name)
+        assert got[name].abs().sum() > 0, name
+
+
+def test_batch_and_sample_differ(cnn, batches):
+    """The two granularities are different estimators (the batch one squares batch means)."""
+    b = compute_importance(cnn, batches, objective="fisher", granularity="batch")
+    s = compute_importance(cnn, batches, objective="fisher", granularity="sample")
+    assert not torch.allclose(b["classifier.weight"], s["classifier.weight"])
+
+
+def test_sample_granularity_ignores_batching(cnn):
+    a = compute_importance(cnn, make_batches(batch_size=8), objective="l2", granularity="sample")
+    b = compute_importance(cnn, make_batches(batch_size=5), objective="l2", granularity="sample")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-8)
+
+
+def test_batch_granularity_depends_on_batching(cnn):
+    a = compute_importance(cnn, make_batches(batch_size=8), objective="l2", granularity="batch")
+    b = compute_importance(cnn, make_batches(batch_size=5), objective="l2", granularity="batch")
+    assert not torch.allclose(a["classifier.weight"], b["classifier.weight"])
+
+
+@pytest.mark.parametrize("granularity", ["batch", "sample"])
+def test_leaves_model_state_untouched(batches, granularity):
+    model = make_cnn()
+    model.train()
+    model.features[1].eval()  # a mixed train/eval state must come back as it was
+    # An existing .grad must survive.
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.25)
+    state = copy.deepcopy(model.state_dict())
+    modes = [m.training for m in model.modules()]
+    compute_importance(model, batches, objective="fisher", granularity=granularity)
+    assert [m.training for m in model.modules()] == modes
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k  # parameters and BatchNorm running stats
+    for p in model.parameters():
+        assert torch.equal(p.grad, torch.full_like(p, 0.25))
+
+
+def test_runs_in_eval_mode_uses_running_stats(batches):
+    """Importance is computed with BatchNorm's running statistics (eval), not batch statistics."""
+    model = make_cnn()
+    got = compute_importance(model, batches, objective="l2")
+    want = naive_batch(model, batches, "l2")  # naive loop runs in eval mode
+    torch.testing.assert_close(got["classifier.bias"], want["classifier.bias"], rtol=1e-4, atol=1e-7)
+    model.train()
+    train_mode = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x, _ in batches:
+        model.zero_grad()
+        model(x).pow(2).sum(1).mean().backward()
+        train_mode = {n: train_mode[n] + p.grad.abs() for n, p in model.named_parameters()}
+    assert not torch.allclose(got["classifier.bias"], train_mode["classifier.bias"] / len(batches))
+
+
+def test_accepts_inputs_only_and_triples(cnn, batches):
+    bare = [x for x, _ in batches]
+    triples = [(x, torch.zeros_like(y), y) for x, y in batches]  # (x, fine, coarse): label is last
+    a = compute_importance(cnn, bare, objective="l2")
+    b = compute_importance(cnn, batches, objective="l2")
+    c = compute_importance(cnn, triples, objective="fisher")
+    d = compute_importance(cnn, batches, objective="fisher")
+    for name in a:
+        assert torch.equal(a[name], b[name])
+        assert torch.equal(c[name], d[name])
+
+
+def test_frozen_parameters_are_skipped(cnn, batches):
+    cnn.classifier.weight.requires_grad_(False)
+    imp = compute_importance(cnn, batches, objective="l2", granularity="sample")
+    assert "classifier.weight" not in imp and "classifier.bias" in imp
+    ref = compute_importance(cnn, batches, objective="l2", granularity="batch")
+    assert imp.keys() == ref.keys()
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_empty_loader(cnn):
+    with pytest.raises(ValueError, match="no data"):
+        compute_importance(cnn, [], objective="l2")
+    with pytest.raises(ValueError, match="no data"):
+        compute_importance(cnn, [], objective="l2", granularity="sample")
+
+
+def test_fisher_without_labels(cnn, batches):
+    with pytest.raises(ValueError, match="needs labels"):
+        compute_importance(cnn, [x for x, _ in batches], objective="fisher")
+    with pytest.raises(ValueError, match="needs labels"):
+        compute_importance(cnn, [(x,) for x, _ in batches], objective="fisher", granularity="sample")
+
+
+def test_non_tensor_batches(cnn):
+    with pytest.raises(TypeError, match="dict"):
+        compute_importance(cnn, [{"x": torch.zeros(2, 1, 8, 8)}], objective="l2")
+    with pytest.raises(TypeError, match="inputs must be a tensor"):
+        compute_importance(cnn, [([1.0, 2.0], torch.zeros(2))], objective="l2")
+    with pytest.raises(TypeError, match="labels must be a tensor"):
+        compute_importance(cnn, [(torch.zeros(2, 1, 8, 8), [0, 1])], objective="fisher")
+
+
+def test_unknown_objective_and_granularity(cnn, batches):
+    with pytest.raises(ValueError, match="unknown objective 'mse'"):
+        compute_importance(cnn, batches, objective="mse")
+    with pytest.raises(ValueError, match="unknown granularity 'epoch'"):
+        compute_importance(cnn, batches, objective="l2", granularity="epoch")
+
+
+def test_non_finite_importance_is_an_error(cnn, batches):
+    x, y = batches[0]
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        compute_importance(cnn, [(x, y)], objective="l2")
+
+
+# ----------------------------------------------------------------- save / load
+
+
+def test_save_load_roundtrip(tmp_path, cnn, batches):
+    imp = compute_importance(cnn, batches, objective="l2")
+    path = tmp_path / "imp.pt"
+    save_importance(imp, path, metadata={"objective": "l2", "granularity": "batch", "n": 23})
+    loaded, meta = load_importance(path, cnn, with_metadata=True)
+    assert meta == {"objective": "l2", "granularity": "batch", "n": 23}
+    for name in imp:
+        assert torch.equal(loaded[name], imp[name])
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_load_checks_model(tmp_path, cnn, batches):
+    imp = compute_importance(cnn, batches, objective="l2")
+    path = tmp_path / "imp.pt"
+    save_importance(imp, path)
+    other = make_cnn(width=6)
+    with pytest.raises(ValueError, match="shape"):
+        load_importance(path, other)
+    del imp["classifier.bias"]
+    save_importance(imp, path)
+    with pytest.raises(ValueError, match="missing 1 parameter"):
+        load_importance(path, cnn)
+
+
+def test_load_rejects_foreign_file(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"a": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="not an importance file"):
+        load_importance(path)
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda d: d.pop("classifier.bias"), "missing"),
+        (lambda d: d.__setitem__("extra.weight", torch.zeros(1)), "not trainable parameters"),
+        (lambda d: d.__setitem__("classifier.bias", torch.zeros(3)), "shape"),
+        (lambda d: d.__setitem__("classifier.bias", torch.full((5,), float("inf"))), "NaN or inf"),
+        (lambda d: d.__setitem__("classifier.bias", -torch.ones(5)), "negative"),
+        (lambda d: d.__setitem__("classifier.bias", [0.0] * 5), "not a tensor"),
+    ],
+)
+def test_check_importance_names_the_problem(cnn, mutate, match):
+    imp = {n: torch.ones_like(p) for n, p in cnn.named_parameters()}
+    mutate(imp)
+    with pytest.raises(ValueError, match=match):
+        check_importance(imp, cnn)
