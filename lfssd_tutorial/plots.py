@@ -1,0 +1,206 @@
+"""Figures used by the book's chapters (matplotlib).
+
+Every function draws on the ``ax`` it is given (or on a new figure) and returns the
+axes, so chapters can combine them into panels. Nothing here computes a result: the
+numbers come from the package's estimators, dampening and metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "plot_digits",
+    "plot_entropy_histograms",
+    "plot_ratio_histogram",
+    "plot_selection_per_layer",
+]
+
+
+def _axes(ax, figsize=None):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _numpy(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().double().numpy().ravel()
+    return np.asarray(values, dtype=np.float64).ravel()
+
+
+def plot_digits(dataset, indices: Sequence[int], *, titles: Sequence[str] | None = None, ncols: int = 10, axes=None):
+    """Show images of a dataset yielding ``(image, label)`` as a grid of grey images.
+
+    Args:
+        dataset: e.g. ``load_digits().train``; images are ``C x H x W`` tensors (the first
+            channel is shown).
+        indices: which samples to show.
+        titles: one title per image; defaults to the labels.
+        ncols: images per row.
+        axes: an array of at least ``len(indices)`` axes to draw on; a new figure by default.
+
+    Returns:
+        The array of axes.
+    """
+    import matplotlib.pyplot as plt
+
+    indices = list(indices)
+    if axes is None:
+        nrows = max(1, -(-len(indices) // ncols))
+        _, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.25 * nrows), squeeze=False)
+    flat = np.asarray(axes).ravel()
+    for ax in flat:
+        ax.axis("off")
+    for k, i in enumerate(indices):
+        image, label = dataset[i]
+        flat[k].imshow(torch.as_tensor(image)[0].numpy(), cmap="gray_r")
+        flat[k].set_title(titles[k] if titles is not None else str(int(label)), fontsize=9)
+    return axes
+
+
+def plot_entropy_histograms(
+    groups: Mapping[str, torch.Tensor | np.ndarray],
+    *,
+    bins: int | Sequence[float] = 30,
+    ax=None,
+    title: str | None = None,
+    log_scale: bool = True,
+):
+    """Overlaid, normalised histograms of softmax entropies, one per named group.
+
+    The entropy MIA separates members from non-members by this one number; the
+    histograms show how far apart the groups are.
+
+    Args:
+        groups: ``{label: entropies}``, e.g. retain-train (members), test (non-members),
+            forget-train.
+        bins: number of bins or bin edges (shared by all groups).
+        ax: axes to draw on; a new figure by default.
+        title: axes title.
+        log_scale: bin on a logarithmic entropy axis (entropies of confident predictions
+            span several orders of magnitude).
+
+    Returns:
+        The axes.
+    """
+    ax = _axes(ax)
+    arrays = {name: _numpy(v) for name, v in groups.items()}
+    if log_scale:
+        floor = 1e-8
+        arrays = {name: np.maximum(a, floor) for name, a in arrays.items()}
+        if isinstance(bins, int):
+            lo = min(a.min() for a in arrays.values())
+            hi = max(a.max() for a in arrays.values())
+            bins = np.logspace(np.log10(lo), np.log10(max(hi, lo * 10)), bins + 1)
+        ax.set_xscale("log")
+    for name, a in arrays.items():
+        ax.hist(a, bins=bins, density=not log_scale, weights=np.full(len(a), 1 / len(a)) if log_scale else None,
+                histtype="step", linewidth=1.6, label=f"{name} (n={len(a)})")
+    ax.set_xlabel("softmax entropy (nats)")
+    ax.set_ylabel("fraction of samples" if log_scale else "density")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_ratio_histogram(
+    ratios: torch.Tensor | np.ndarray,
+    *,
+    alphas: Sequence[float] = (),
+    published_alpha: float | None = 10.0,
+    bound: float | None = None,
+    bound_label: str = "bound",
+    bins: int = 80,
+    ax=None,
+    title: str | None = None,
+):
+    """Histogram of the importance ratios ``Imp_Df / Imp_D`` with the alpha thresholds.
+
+    A weight is selected iff its ratio exceeds ``alpha``, so everything right of an
+    alpha line is dampened; an alpha right of the largest ratio selects nothing.
+
+    Args:
+        ratios: from :func:`lfssd_tutorial.importance_ratios`.
+        alphas: alpha values to mark (dashed lines, with the number of weights they select).
+        published_alpha: the published setting, marked in red; ``None`` to omit.
+        bound: a theoretical upper bound of the ratios to mark (dotted), e.g. ``|D|/|D_f|``.
+        bound_label: legend text for ``bound``.
+        bins: number of bins (on a log axis).
+        ax: axes to draw on; a new figure by default.
+        title: axes title.
+
+    Returns:
+        The axes.
+    """
+    ax = _axes(ax)
+    r = _numpy(ratios)
+    r = r[r > 0]
+    marks = [*alphas, *( [published_alpha] if published_alpha is not None else []), *([bound] if bound else [])]
+    hi = max([r.max(), *marks]) * 1.3
+    edges = np.logspace(np.log10(r.min()), np.log10(hi), bins + 1)
+    ax.hist(r, bins=edges, color="0.55")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.axvline(r.max(), color="black", linewidth=1.2, label=f"largest ratio = {r.max():.2f}")
+    colours = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:cyan"]
+    for k, a in enumerate(alphas):
+        n = int((r > a).sum())
+        ax.axvline(a, color=colours[k % len(colours)], linestyle="--", label=f"alpha = {a:g}: {n:,} selected")
+    if published_alpha is not None:
+        n = int((r > published_alpha).sum())
+        ax.axvline(published_alpha, color="tab:red", linewidth=2,
+                   label=f"published alpha = {published_alpha:g}: {n:,} selected")
+    if bound:
+        ax.axvline(bound, color="black", linestyle=":", linewidth=1.5, label=f"{bound_label} = {bound:.2f}")
+    ax.set_xlabel("importance ratio Imp_Df / Imp_D (log scale)")
+    ax.set_ylabel("number of weights")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    return ax
+
+
+def plot_selection_per_layer(reports, *, ax=None, title: str | None = None, fraction: bool = True):
+    """Bar chart of how many weights each parameter tensor had selected.
+
+    Args:
+        reports: a :class:`~lfssd_tutorial.DampeningReport`, or ``{label: report}`` to
+            compare several (grouped bars).
+        ax: axes to draw on; a new figure by default.
+        title: axes title.
+        fraction: plot the percentage of each tensor's elements (default) rather than
+            the count.
+
+    Returns:
+        The axes.
+    """
+    from .dampening import DampeningReport
+
+    if isinstance(reports, DampeningReport):
+        reports = {f"alpha = {reports.alpha:g}": reports}
+    reports = dict(reports)
+    names = list(next(iter(reports.values())).numel)
+    ax = _axes(ax, figsize=(7.5, 3.6))
+    width = 0.8 / len(reports)
+    x = np.arange(len(names))
+    for k, (label, report) in enumerate(reports.items()):
+        values = [
+            100.0 * report.selected[n] / max(report.numel[n], 1) if fraction else report.selected[n] for n in names
+        ]
+        ax.bar(x + (k - (len(reports) - 1) / 2) * width, values, width, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{n}\n({next(iter(reports.values())).numel[n]:,})" for n in names], rotation=60,
+                       ha="right", fontsize=7)
+    ax.set_ylabel("% of the tensor's weights selected" if fraction else "weights selected")
+    if title:
+        ax.set_title(title)
+    if len(reports) > 1:
+        ax.legend(fontsize=8)
+    return ax
