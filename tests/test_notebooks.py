@@ -129,6 +129,8 @@ def test_sanitize_file_is_valid():
     assert sanitize("Acc(D_r) 99.5%") != sanitize("Acc(D_r) 98.5%")
     assert sanitize("max ratio 7.27") != sanitize("max ratio 7.28")
     assert sanitize("selected 1,234 of 14,458 weights") != sanitize("selected 1,235 of 14,458 weights")
+    assert sanitize("max abs difference 6.2e-09") == sanitize("max abs difference 4.1e-08")
+    assert sanitize("max abs difference 6.2e-05") != sanitize("max abs difference 4.1e-05")
 
 
 @pytest.fixture(params=NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
