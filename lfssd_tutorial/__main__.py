@@ -1,4 +1,7 @@
-"""Command line: ``python -m lfssd_tutorial demo``."""
+"""Command line: ``python -m lfssd_tutorial {demo,train,forget,report,sweep}``.
+
+A thin layer over :mod:`lfssd_tutorial.demo` and :mod:`lfssd_tutorial.experiments`.
+"""
 
 from __future__ import annotations
 
@@ -29,11 +32,136 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
+def _common(parser, *, config: bool = True) -> None:
+    if config:
+        parser.add_argument("--config", required=True, help="experiment config file (YAML or JSON), see configs/")
+        parser.add_argument("--data-root", default=None, help="data folder (overrides data.root of the config)")
+        parser.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
+        parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the config's)")
+    parser.add_argument("--device", default=None, help="torch device; default CUDA when present, else CPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _setup(args):
+    import torch
+
+    from .experiments import ConfigError, load_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = load_config(args.config, data={"root": args.data_root} if args.data_root else None)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out = args.out or f"runs/{config.name}"
+    return config, out
+
+
+def _train(argv: list[str]) -> int:
+    import argparse
+
+    from .experiments import run_train
+
+    parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial train",
+                                     description="Train (or load) the original and retrained models of a config; checkpoints are plain state_dicts with a JSON sidecar.")
+    _common(parser)
+    parser.add_argument("--no-retrain", action="store_true", help="train only the original models")
+    args = parser.parse_args(argv)
+    config, out = _setup(args)
+    infos = run_train(config, out_dir=out, device=args.device, progress=not args.no_progress, seeds=args.seeds, retrain=not args.no_retrain)
+    for info in infos:
+        accs = ", ".join(f"{k}={info[k]:.2f}" for k in ("test_accuracy", "acc_retain", "acc_forget") if k in info)
+        print(f"{info['kind']:<8} seed={info['seed']} target={info.get('target')}: {accs} ({info['wall_seconds']:.1f} s, peak RSS {info['peak_rss_mb']:.0f} MiB)")
+    print(f"checkpoints in {out}/checkpoints")
+    return 0
+
+
+def _forget(argv: list[str]) -> int:
+    import argparse
+
+    from .experiments import run_forget
+
+    parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial forget",
+                                     description="Run every method of a config on its scenario; each cell is appended to <out>/results.jsonl as it finishes, and finished cells are skipped on restart.")
+    _common(parser)
+    parser.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells")
+    parser.add_argument("--report", action="store_true", help="write the report when done")
+    args = parser.parse_args(argv)
+    config, out = _setup(args)
+
+    def show(r):
+        extra = f" selected={r['selected']} max_ratio={r['max_ratio'] if r['max_ratio'] is None else round(r['max_ratio'], 2)}" if "selected" in r else ""
+        print(f"seed={r['seed']} {r['target']:<16} {r['label']:<28} Acc(D_r)={r['acc_retain']:6.2f} Acc(D_f)={r['acc_forget']:6.2f} MIA={r['mia']:6.2f}{extra}", flush=True)
+
+    records = run_forget(config, out_dir=out, device=args.device, progress=not args.no_progress, seeds=args.seeds, max_cells=args.max_cells, on_cell=show)
+    print(f"{len(records)} cells in {out}/results.jsonl")
+    if args.report:
+        from .experiments import write_report
+
+        print(write_report(out)["markdown"])
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    import argparse
+
+    from .experiments import write_report
+
+    parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial report", description="Markdown/CSV tables (mean ± sd over seeds) and plots of a results file.")
+    parser.add_argument("results", help="results.jsonl or the folder holding it")
+    parser.add_argument("--out", default=None, help="folder for report.md, summary.csv and plots (default: beside the results)")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        rep = write_report(args.results, args.out, plots=not args.no_plots)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(rep["markdown"])
+    print("wrote " + ", ".join(rep["files"]))
+    return 0
+
+
+def _sweep(argv: list[str]) -> int:
+    import argparse
+
+    from .experiments import run_sweep
+
+    parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial sweep", description="Acc(D_r) and Acc(D_f) over an alpha x lambda grid, with a heatmap.")
+    _common(parser)
+    parser.add_argument("--method", choices=("ssd", "lfssd"), default="lfssd")
+    parser.add_argument("--granularity", choices=("batch", "sample"), default="batch")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[1.5, 2, 3, 5, 7, 10])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 1, 2])
+    parser.add_argument("--target", default=None, help="forget target (default: the config's first)")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the config's first)")
+    args = parser.parse_args(argv)
+    config, out = _setup(args)
+    records = run_sweep(config, out_dir=out, method=args.method, alphas=args.alphas, lambdas=args.lambdas, granularity=args.granularity,
+                        target=args.target, seed=args.seed, device=args.device, progress=not args.no_progress)
+    print(f"{'alpha':>6} {'lambda':>6} {'Acc(D_r)':>9} {'Acc(D_f)':>9} {'selected':>9}")
+    for r in sorted(records, key=lambda r: (r["alpha"], r["lambda"])):
+        print(f"{r['alpha']:>6g} {r['lambda']:>6g} {r['acc_retain']:>9.2f} {r['acc_forget']:>9.2f} {r['selected']:>9,}")
+    print(f"wrote {out}/sweep-{args.method}-*.jsonl and .png")
+    return 0
+
+
+USAGE = """usage: python -m lfssd_tutorial {demo,train,forget,report,sweep} [options]
+  demo     forget one class of the bundled data with SSD and LFSSD
+  train    train (or load) the original and retrained models of a config
+  forget   run every method of a config; results appended to <out>/results.jsonl, resumable
+  report   markdown/CSV tables (mean ± sd over seeds) and plots of a results file
+  sweep    an alpha x lambda grid for one scenario, with a heatmap
+Run a command with --help for its options."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"demo": _demo}
+    commands = {"demo": _demo, "train": _train, "forget": _forget, "report": _report, "sweep": _sweep}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: python -m lfssd_tutorial {demo} [options]\n  demo   forget one class of the bundled data with SSD and LFSSD")
+        print(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return commands[argv[0]](argv[1:])
 
