@@ -147,6 +147,14 @@ def check_hyperparameters(alpha: float, lambda_: float) -> None:
         raise ValueError(f"lambda_ (dampening constant) must be >= 0, got {lambda_}")
 
 
+def _to_list(tensors: list[torch.Tensor]) -> list[list[float]]:
+    """Rows of small tensors as Python lists, with one device-to-host copy."""
+    if not tensors:
+        return []
+    device = tensors[0].device
+    return torch.stack([t.to(device) for t in tensors]).tolist()
+
+
 def _check_pair(model, full_importance, forget_importance):
     check_importance(full_importance, model, name="full_importance (Imp_D)")
     check_importance(forget_importance, model, name="forget_importance (Imp_Df)")
@@ -174,13 +182,13 @@ def max_importance_ratio(
     forget_importance: Mapping[str, torch.Tensor],
 ) -> float:
     """The largest finite ``Imp_Df / Imp_D``: the ceiling above which ``alpha`` selects nothing."""
-    best = 0.0
+    tops = []
     for name, full in full_importance.items():
+        if full.numel() == 0:
+            continue
         forget = forget_importance[name].to(full.device)
-        mask = full > 0
-        if mask.any():
-            best = max(best, float((forget[mask] / full[mask]).max()))
-    return best
+        tops.append(torch.where(full > 0, forget / full, 0.0).amax().float().cpu().reshape(1))
+    return max(0.0, float(torch.cat(tops).max())) if tops else 0.0
 
 
 @torch.no_grad()
@@ -215,32 +223,45 @@ def select_and_dampen_(
     check_hyperparameters(alpha, lambda_)
     _check_pair(model, full_importance, forget_importance)
     report = DampeningReport(alpha=float(alpha), lambda_=float(lambda_))
-    best_ratio, best_name = 0.0, None
+    # Vectorised: a fixed handful of whole-tensor ops per parameter, no boolean indexing,
+    # no per-element Python, and two host-device synchronisations in all: one for the
+    # selection counts and ratios, one for the changed counts. Elements with Imp_D = 0 get
+    # ratio 0 here; they never hold the maximum of the *finite* ratios (max_ratio).
+    entries, stats = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         full = full_importance[name].to(device=p.device, dtype=torch.float32)
         forget = forget_importance[name].to(device=p.device, dtype=torch.float32)
         selected = forget > alpha * full
-        n_selected = int(selected.sum())
-        report.numel[name] = p.numel()
-        report.selected[name] = n_selected
-
         positive = full > 0
-        if positive.any():
-            ratio = float((forget[positive] / full[positive]).max())
-            if ratio > best_ratio:
-                best_ratio, best_name = ratio, name
-        report.unbounded += int(((~positive) & (forget > 0)).sum())
-
-        if n_selected == 0:
-            report.changed[name] = 0
-            continue
-        # Selected elements have forget > alpha * full >= 0, so the division is safe.
-        beta = torch.where(selected, (lambda_ * full / torch.where(selected, forget, 1.0)).clamp(max=1.0), 1.0)
-        new = torch.where(selected, p * beta.to(p.dtype), p)
-        report.changed[name] = int((new != p).sum())
-        p.copy_(new)
+        if p.numel():
+            top = torch.where(positive, forget / full, 0.0).amax()
+        else:
+            top = torch.zeros((), device=p.device)
+        unbounded = torch.count_nonzero((~positive) & (forget > 0))
+        entries.append((name, p, full, forget, selected))
+        stats.append(torch.stack([torch.count_nonzero(selected).double(), unbounded.double(), top.double()]))
+    values = _to_list(stats)
+    best_ratio, best_name = 0.0, None
+    edits, changed_counts = [], []
+    for (name, p, full, forget, selected), (n_selected, n_unbounded, ratio) in zip(entries, values):
+        report.numel[name] = p.numel()
+        report.selected[name] = int(n_selected)
+        report.changed[name] = 0
+        report.unbounded += int(n_unbounded)
+        if ratio > best_ratio:
+            best_ratio, best_name = ratio, name
+        if n_selected:
+            # Selected elements have forget > alpha * full >= 0, so forget > 0 there; the
+            # quotient elsewhere (possibly inf or nan) is discarded by the where().
+            beta = full.mul(lambda_).div_(forget).clamp_(max=1.0).to(p.dtype)
+            new = torch.where(selected, p * beta, p)
+            changed_counts.append(torch.count_nonzero(new != p).double().reshape(1))
+            edits.append(name)
+            p.copy_(new)
+    for name, n_changed in zip(edits, _to_list(changed_counts)):
+        report.changed[name] = int(n_changed[0])
     report.max_ratio = best_ratio
     report.max_ratio_parameter = best_name
     if warn and report.nothing_selected:

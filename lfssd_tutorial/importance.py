@@ -223,17 +223,31 @@ def _batch_importance(model, params, loader, objective, need_labels, device, pro
         loss = _objective_batch_mean(model(inputs), labels, objective)
         # autograd.grad returns fresh tensors and never touches p.grad.
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-        used = [(a, g) for a, g in zip(acc, grads) if g is not None]
-        if used:
-            a_list = [a for a, _ in used]
-            g_list = [g if g.dtype == torch.float32 else g.float() for _, g in used]
-            if objective == "fisher":
-                torch._foreach_addcmul_(a_list, g_list, g_list)
-            else:
-                torch._foreach_abs_(g_list)
-                torch._foreach_add_(a_list, g_list)
+        del loss
+        _accumulate_(acc, grads, objective)
+        # Free this batch's gradients before the next backward pass, so that at most one
+        # set of gradients is alive beside the accumulators.
+        del grads
         n_batches += 1
     return acc, n_batches
+
+
+def _accumulate_(acc: list[torch.Tensor], grads, objective: str) -> None:
+    """``acc += g**2`` (fisher) or ``acc += |g|`` (l2), fused over all parameters.
+
+    ``grads`` are fresh tensors owned by the caller (``abs`` is taken in place); ``None``
+    entries (parameters the objective does not reach) are skipped.
+    """
+    used = [(a, g) for a, g in zip(acc, grads) if g is not None]
+    if not used:
+        return
+    a_list = [a for a, _ in used]
+    g_list = [g if g.dtype == torch.float32 else g.float() for _, g in used]
+    if objective == "fisher":
+        torch._foreach_addcmul_(a_list, g_list, g_list)
+    else:
+        torch._foreach_abs_(g_list)
+        torch._foreach_add_(a_list, g_list)
 
 
 def _sample_importance(model, params, loader, objective, need_labels, device, progress, chunk):
@@ -280,6 +294,23 @@ def _sample_importance(model, params, loader, objective, need_labels, device, pr
     return acc, n_samples
 
 
+def _all_finite_nonnegative(values: Iterable[torch.Tensor]) -> bool:
+    """True when every element of every tensor is finite and >= 0, with one synchronisation.
+
+    Per tensor, the smallest and largest elements suffice: ``amin`` and ``amax`` propagate
+    NaN, ``-inf`` and negatives show in the minimum, ``+inf`` in the maximum.
+    """
+    try:
+        extremes = [torch.stack([v.amin(), v.amax()]).float() for v in values if v.numel()]
+        if not extremes:
+            return True
+        device = extremes[0].device
+        both = torch.cat([e.to(device) for e in extremes])
+        return bool((torch.isfinite(both) & (both >= 0)).all())
+    except RuntimeError:  # an unusual dtype: let the element-wise checks decide
+        return False
+
+
 def check_importance(
     importance: Mapping[str, torch.Tensor],
     model: nn.Module | None = None,
@@ -297,10 +328,13 @@ def check_importance(
     for key, value in importance.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{name}[{key!r}] is a {type(value).__name__}, not a tensor")
-        if not torch.isfinite(value).all():
-            raise ValueError(f"{name}[{key!r}] contains NaN or inf values")
-        if value.numel() and value.min() < 0:
-            raise ValueError(f"{name}[{key!r}] has negative values; importances are >= 0")
+    if not _all_finite_nonnegative(importance.values()):
+        # Slow path, only on failure: name the first offending entry.
+        for key, value in importance.items():
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{name}[{key!r}] contains NaN or inf values")
+            if value.numel() and value.min() < 0:
+                raise ValueError(f"{name}[{key!r}] has negative values; importances are >= 0")
     if model is None:
         return
     params = _trainable(model)
