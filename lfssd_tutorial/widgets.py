@@ -203,9 +203,10 @@ def plot_sweep_heatmaps(
 ):
     """Heatmaps of sweeps: one row per sweep, one column per metric; alpha across, lambda up.
 
-    The largest importance ratio is drawn as a dashed red line at its (log-interpolated)
-    position on the alpha axis when it falls inside the grid: every column to its right
-    selects nothing and shows the original model. Returns the matplotlib figure.
+    The largest importance ratio is given in each title and drawn as a dashed red line at
+    its (log-interpolated) position on the alpha axis when it falls inside the grid: every
+    column to its right selects nothing and shows the original model. Returns the
+    matplotlib figure (constrained layout, one shared colour bar).
     """
     import matplotlib.pyplot as plt
 
@@ -214,9 +215,11 @@ def plot_sweep_heatmaps(
         raise ValueError("give at least one SweepResult")
     metrics = list(metrics) if metrics is not None else list(sweeps[0].metrics)
     n_rows, n_cols = len(sweeps), len(metrics)
-    width = max(3.0, 0.55 * len(sweeps[0].alphas) + 1.6)
-    height = max(1.8, 0.42 * len(sweeps[0].lambdas) + 1.3)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False)
+    width = max(3.0, 0.42 * len(sweeps[0].alphas) + 1.2)
+    height = max(1.8, 0.36 * len(sweeps[0].lambdas) + 1.2)
+    # An explicit constrained layout leaves room for the shared colour bar (tight_layout cannot).
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols + 1.0, height * n_rows), squeeze=False,
+                             layout="constrained")
     image = None
     for r, sweep in enumerate(sweeps):
         for c, metric in enumerate(metrics):
@@ -231,7 +234,9 @@ def plot_sweep_heatmaps(
             ax.set_ylabel("lambda")
             ax.grid(False)
             title = f"{sweep.label}: {metric}" if sweep.label else metric
-            ax.set_title(title)
+            if math.isfinite(sweep.max_ratio):
+                title += f" (max ratio {sweep.max_ratio:.2f})"
+            ax.set_title(title, fontsize=9)
             if annotate:
                 for i in range(grid.shape[0]):
                     for j in range(grid.shape[1]):
@@ -241,9 +246,7 @@ def plot_sweep_heatmaps(
                                 color="black" if shade > 0.6 else "white")
             pos = _ratio_position(sweep.alphas, sweep.max_ratio)
             if pos is not None:
-                ax.axvline(pos, color="red", linestyle="--", linewidth=1.5,
-                           label=f"max ratio {sweep.max_ratio:.2f}")
-                ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
+                ax.axvline(pos, color="red", linestyle="--", linewidth=1.5)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="%")
     return fig

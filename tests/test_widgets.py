@@ -115,7 +115,7 @@ def test_plot_sweep_heatmaps_marks_the_ceiling(setup):
     fig = plot_sweep_heatmaps(sweeps, metrics=["all", "forget"])
     heatmaps = [ax for ax in fig.axes if ax.get_title()]
     assert len(heatmaps) == 4
-    assert heatmaps[0].get_title() == "A: all"
+    assert heatmaps[0].get_title() == f"A: all (max ratio {sweeps[0].max_ratio:.2f})"
     # the dashed ceiling line sits between the columns of the alphas around max_ratio
     lines = [line for line in heatmaps[0].get_lines() if line.get_linestyle() == "--"]
     assert len(lines) == 1
