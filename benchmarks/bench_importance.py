@@ -1,0 +1,762 @@
+#!/usr/bin/env python
+"""Benchmark of the importance estimators, a forget request and the dampening step.
+
+Run it with ``make bench`` (or ``python benchmarks/bench_importance.py``). It measures,
+side by side in one process, interleaved over several repetitions, and reports medians:
+
+1. ``compute_importance(granularity="batch")`` against a plain forward+backward pass over
+   the same data (the floor: the estimator needs exactly one per batch).      goal <= 1.15x
+2. the same against a straightforward reference-style loop (per batch: ``zero_grad``,
+   forward, ``backward``, accumulate ``p.grad.clone().pow(2)`` / ``.abs()`` per parameter,
+   divide by the number of batches).                                         goal <= 1.0x
+3. ``granularity="sample"`` against ``"batch"``.                   goal <= 4x on ResNet18
+4. a forget request (:func:`lfssd_tutorial.unlearn`) with a cached ``Imp_D`` against a
+   forward+backward over ``D_f`` alone, and against a request that recomputes ``Imp_D``.
+                                                                        goal <= 1.2x
+5. the dampening step (:func:`lfssd_tutorial.select_and_dampen_`) against the importance
+   pass over ``D_f`` (the only importance pass of a cached request).       goal <= 5%
+6. the peak memory of an importance pass against the model's parameter memory, measured
+   in a fresh subprocess per variant (see :func:`memory_probe` for the method).
+
+It also checks correctness: the reference loop's result must equal
+``compute_importance(granularity="batch")`` under ``torch.allclose``'s default tolerances.
+
+Results go to ``results/bench-<host>.json`` and ``results/bench-<host>.md``. ``<host>`` is a
+short, stable name (``cpu-<N>core`` or ``gpu-<card>``), never the machine's host name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+# On a shared (oversubscribed) machine, OpenMP threads that spin while waiting slow every
+# parallel op down by several times and make timings erratic. Passive waiting must be set
+# before torch (and its OpenMP runtime) is loaded; an explicit setting is respected.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import lfssd_tutorial  # noqa: E402
+from lfssd_tutorial import compute_importance, select_and_dampen_, unlearn  # noqa: E402
+from lfssd_tutorial.dampening import NothingSelectedWarning, max_importance_ratio  # noqa: E402
+from lfssd_tutorial.models import SmallCNN, cifar_resnet18, small_vit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOALS = {
+    "importance_vs_floor": 1.15,
+    "importance_vs_reference": 1.0,
+    "sample_vs_batch": 4.0,
+    "forget_cached_vs_floor_Df": 1.2,
+    "dampen_vs_importance_Df": 0.05,
+}
+
+def _vit_with_random_head() -> nn.Module:
+    """torchvision initialises the ViT head to zero: logits 0, so the l2 objective's gradient
+    (2 f df) vanishes everywhere. A random head makes the untrained model's importances
+    non-trivial (timings are the same either way, but the dampening then selects weights)."""
+    model = small_vit(10)
+    for m in model.heads.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+    return model
+
+
+# Fixed, small sizes so that the whole run takes a few minutes on two CPU cores.
+# batch_size x n_batches images form the benchmark set B (rows 1-3 and 6); the forget
+# request uses D = n_full_batches batches and D_f = its first n_forget_batches batches.
+CONFIGS: dict[str, dict] = {
+    "resnet18": dict(
+        label="CIFAR ResNet18 (width 64), 3x32x32 random inputs",
+        build=lambda: cifar_resnet18(10, width=64),
+        shape=(3, 32, 32),
+        batch_size=8,
+        n_batches=2,
+        n_full_batches=4,
+        n_forget_batches=1,
+        objectives=("l2", "fisher"),
+        forget_objectives=("l2", "fisher"),
+        memory_chunks=(4, 8, 16),
+    ),
+    "small_vit": dict(
+        label="small ViT (6 layers, dim 192, patch 4), 3x32x32 random inputs",
+        build=lambda: _vit_with_random_head(),
+        shape=(3, 32, 32),
+        batch_size=16,
+        n_batches=2,
+        n_full_batches=4,
+        n_forget_batches=1,
+        objectives=("l2", "fisher"),
+        forget_objectives=("l2",),
+        memory_chunks=(16,),
+    ),
+    "small_cnn": dict(
+        label="SmallCNN (width 16) on the bundled 8x8 digits",
+        build=lambda: SmallCNN(in_channels=1, num_classes=10, width=16),
+        shape=(1, 8, 8),
+        batch_size=64,
+        n_batches=None,  # the whole digits training set (1347 images, 22 batches)
+        n_full_batches=None,
+        n_forget_batches=None,  # every training image of digit 8
+        objectives=("l2", "fisher"),
+        forget_objectives=("l2", "fisher"),
+        memory_chunks=(32,),
+    ),
+}
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def logical_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def hardware(device: torch.device) -> dict:
+    info = {
+        "cpu_model": cpu_model(),
+        "logical_cpus": logical_cpus(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "package_version": lfssd_tutorial.__version__,
+        "device": str(device),
+        "cuda_available": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+    if device.type != "cuda":
+        info["gpu_note"] = "No GPU was available for this run: every number is a CPU measurement."
+    return info
+
+
+def host_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        card = torch.cuda.get_device_name(device).lower()
+        return "gpu-" + "".join(c if c.isalnum() else "-" for c in card).strip("-")
+    return f"cpu-{logical_cpus()}core"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_data(name: str, cfg: dict, seed: int = 0) -> tuple[Batches, Batches, Batches, str]:
+    """Return (B, D, D_f) as lists of (inputs, labels) batches and a description."""
+    if name == "small_cnn":
+        from torch.utils.data import ConcatDataset
+
+        from lfssd_tutorial.data import full_class_split, load_digits, make_loader
+
+        data = load_digits()
+        split = full_class_split(data, 8)
+        full = ConcatDataset([split.retain_set(data), split.forget_set(data)])
+        D = [(x, y) for x, y in make_loader(full, batch_size=cfg["batch_size"])]
+        Df = [(x, y) for x, y in make_loader(split.forget_set(data), batch_size=cfg["batch_size"])]
+        n_d, n_f = sum(len(y) for _, y in D), sum(len(y) for _, y in Df)
+        desc = (
+            f"digits training set, D = retain + forget (digit 8), {n_d} images in {len(D)} batches "
+            f"of <= {cfg['batch_size']}; D_f = digit 8, {n_f} images in {len(Df)} batches; B = D"
+        )
+        return D, D, Df, desc
+    g = torch.Generator().manual_seed(seed)
+    bs = cfg["batch_size"]
+    D = [
+        (torch.randn(bs, *cfg["shape"], generator=g), torch.randint(0, 10, (bs,), generator=g))
+        for _ in range(cfg["n_full_batches"])
+    ]
+    B = D[: cfg["n_batches"]]
+    Df = D[: cfg["n_forget_batches"]]
+    desc = (
+        f"synthetic random inputs N(0,1) of shape {tuple(cfg['shape'])} with random labels "
+        f"(timing does not depend on the values); B = {len(B)} batches of {bs}; "
+        f"D = {len(D)} batches of {bs}; D_f = the first {len(Df)} batch(es) of D"
+    )
+    return B, D, Df, desc
+
+
+def res_images(batches: Batches) -> int:
+    return sum(len(y) for _, y in batches)
+
+
+def to_device(batches: Batches, device: torch.device) -> Batches:
+    return [(x.to(device), y.to(device)) for x, y in batches]
+
+
+# --------------------------------------------------------------------------- the variants
+
+
+def _objective(logits: torch.Tensor, labels: torch.Tensor, objective: str) -> torch.Tensor:
+    if objective == "fisher":
+        return F.cross_entropy(logits, labels)
+    return logits.pow(2).sum(dim=1).mean()
+
+
+def floor_pass(model: nn.Module, batches: Batches, objective: str) -> None:
+    """The floor: one plain forward+backward per batch, nothing else (eval mode)."""
+    model.eval()
+    for x, y in batches:
+        model.zero_grad(set_to_none=True)
+        _objective(model(x), y, objective).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def reference_loop(model: nn.Module, batches: Batches, objective: str) -> dict[str, torch.Tensor]:
+    """A straightforward loop in the style of the authors' code (SPEC section 2)."""
+    model.eval()
+    importances = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x, y in batches:
+        model.zero_grad()
+        out = model(x)
+        # The same expression as the package's objective, so that the comparison is exact;
+        # the authors' torch.norm(out, dim=1).pow(2).mean() is the same function, rounded
+        # differently (near-zero importances then differ beyond allclose's atol).
+        loss = _objective(out, y, objective)
+        loss.backward()
+        for (_, p), (_, imp) in zip(model.named_parameters(), importances.items()):
+            if p.grad is not None:
+                if objective == "fisher":
+                    imp.data += p.grad.data.clone().pow(2)
+                else:
+                    imp.data += p.grad.data.clone().abs()
+    for imp in importances.values():
+        imp.data /= float(len(batches))
+    model.zero_grad(set_to_none=True)
+    return importances
+
+
+def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict:
+    allclose = all(torch.allclose(a[k], b[k]) for k in a)
+    max_abs = max(float((a[k] - b[k]).abs().max()) for k in a)
+    scale = max(float(b[k].abs().max()) for k in b)
+    return {"allclose": bool(allclose), "max_abs_diff": max_abs, "max_abs_diff_rel_to_max": max_abs / max(scale, 1e-30)}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+MIN_MEASUREMENT_S = 0.25
+
+
+def calibrate(fn: Callable[[], object], device: torch.device) -> int:
+    """How many calls make one measurement last at least MIN_MEASUREMENT_S (short variants)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    dt = time.perf_counter() - t0
+    return max(1, min(50, int(MIN_MEASUREMENT_S / max(dt, 1e-6)) + 1)) if dt < MIN_MEASUREMENT_S else 1
+
+
+def time_interleaved(
+    variants: dict[str, Callable[[], object]], reps: int, device: torch.device, log: Callable[[str], None]
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int]]:
+    """Run every variant once per repetition, in an order rotated each repetition.
+
+    Returns wall-clock seconds and process CPU seconds (all threads; insensitive to time
+    spent descheduled on a shared machine) per call, and the calls per measurement.
+    """
+    names = list(variants)
+    inner = {n: calibrate(variants[n], device) for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        shift = r % len(names)
+        order = names[shift:] + names[:shift]
+        for n in order:
+            gc.collect()
+            _sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(inner[n]):
+                variants[n]()
+            _sync(device)
+            wall[n].append((time.perf_counter() - t0) / inner[n])
+            cpu[n].append((time.process_time() - c0) / inner[n])
+        log(f"    rep {r + 1}/{reps}: " + ", ".join(f"{n} {wall[n][-1]:.3f}s" for n in names))
+    return wall, cpu, inner
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_probe(model_name: str, variant: str, objective: str, chunk: int, seed: int) -> dict:
+    """Peak resident-memory increase of one pass, measured inside this (fresh) process.
+
+    Method: build the model and the data, run the variant once on a single sample (so
+    that one-time initialisation is not counted), return freed heap to the OS
+    (``malloc_trim``), reset the kernel's peak-RSS counter (``echo 5 >
+    /proc/self/clear_refs``), read ``VmRSS`` as the baseline, run the pass over B, and
+    read ``VmHWM`` (the peak RSS since the reset). The difference is the extra memory the
+    pass needed at its peak: activations, gradients, accumulators and temporaries.
+    ``tracemalloc`` cannot see torch's allocations, which is why RSS is used.
+    """
+    torch.set_num_threads(2)
+    torch.manual_seed(seed)
+    cfg = CONFIGS[model_name]
+    model = cfg["build"]().eval()
+    B, _, _, _ = make_data(model_name, cfg, seed)
+    if variant.startswith("sample"):
+        # one batch of `chunk` images, so that a chunk is full
+        xs = torch.cat([x for x, _ in B])
+        ys = torch.cat([y for _, y in B])
+        reps = (chunk + len(xs) - 1) // len(xs)
+        B = [(xs.repeat(reps, *[1] * (xs.dim() - 1))[:chunk], ys.repeat(reps)[:chunk])]
+
+    def run(batches):
+        if variant == "floor":
+            floor_pass(model, batches, objective)
+        elif variant == "reference":
+            reference_loop(model, batches, objective)
+        elif variant == "batch":
+            compute_importance(model, batches, objective=objective, granularity="batch")
+        elif variant.startswith("sample"):
+            compute_importance(model, batches, objective=objective, granularity="sample", sample_chunk_size=chunk)
+        else:
+            raise ValueError(variant)
+
+    run([(B[0][0][:1], B[0][1][:1])])
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
+    run(B)
+    peak = _status_kib("VmHWM")
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return {
+        "variant": variant,
+        "objective": objective,
+        "chunk": chunk if variant.startswith("sample") else None,
+        "images": sum(len(y) for _, y in B),
+        "batch_size": int(B[0][1].shape[0]),
+        "peak_increase_MiB": (peak - base) / 1024,
+        "param_MiB": param_bytes / 2**20,
+    }
+
+
+def run_memory_probes(model_name: str, cfg: dict, seed: int, log) -> list[dict]:
+    if not os.path.exists("/proc/self/clear_refs"):
+        log("  memory: /proc/self/clear_refs is not available; skipped")
+        return []
+    probes = [("floor", 0), ("reference", 0), ("batch", 0)] + [("sample", c) for c in cfg["memory_chunks"]]
+    out = []
+    for variant, chunk in probes:
+        cmd = [sys.executable, __file__, "--memory-probe", model_name, variant, "l2", str(chunk), str(seed)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            log(f"  memory probe {variant} failed:\n{proc.stderr[-2000:]}")
+            continue
+        rec = json.loads(proc.stdout.strip().splitlines()[-1])
+        rec["peak_over_params"] = rec["peak_increase_MiB"] / rec["param_MiB"]
+        out.append(rec)
+        chunk_txt = f" chunk {chunk}" if variant == "sample" else ""
+        log(
+            f"  memory {variant}{chunk_txt} ({rec['images']} images): +{rec['peak_increase_MiB']:.0f} MiB "
+            f"= {rec['peak_over_params']:.2f}x the parameters ({rec['param_MiB']:.1f} MiB)"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- one model
+
+RATIO_DEFS = {
+    "importance_vs_floor": ("importance_batch_B", "floor_B"),
+    "importance_vs_reference": ("importance_batch_B", "reference_B"),
+    "reference_vs_floor": ("reference_B", "floor_B"),
+    "sample_vs_batch": ("importance_sample_B", "importance_batch_B"),
+    "forget_cached_vs_floor_Df": ("forget_cached", "floor_Df"),
+    "forget_recompute_vs_floor_Df": ("forget_recompute", "floor_Df"),
+    "forget_recompute_vs_cached": ("forget_recompute", "forget_cached"),
+    "dampen_vs_importance_Df": ("dampen", "importance_batch_Df"),
+    "dampen_vs_importance_B": ("dampen", "importance_batch_B"),
+}
+
+
+def _ratio_of(medians: dict[str, float], key: str) -> float:
+    num, den = RATIO_DEFS[key]
+    return medians[num] / medians[den]
+
+
+
+def bench_model(name: str, reps: int, device: torch.device, seed: int, log, do_memory: bool) -> dict:
+    cfg = CONFIGS[name]
+    torch.manual_seed(seed)
+    model = cfg["build"]().to(device).eval()
+    B, D, Df, desc = make_data(name, cfg, seed)
+    B, D, Df = to_device(B, device), to_device(D, device), to_device(Df, device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"\n## {name}: {cfg['label']}, {n_params:,} parameters\n  data: {desc}")
+    res: dict = {
+        "model": cfg["label"],
+        "parameters": n_params,
+        "param_MiB": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+        "data": desc,
+        "weights": "random initialisation (seeded; the ViT head drawn from N(0, 0.02^2) instead of torchvision's zeros); timings do not depend on training",
+        "images_B": sum(len(y) for _, y in B),
+        "images_D": sum(len(y) for _, y in D),
+        "images_Df": sum(len(y) for _, y in Df),
+        "objectives": {},
+    }
+
+    for objective in cfg["objectives"]:
+        method = "lfssd" if objective == "l2" else "ssd"
+        with_forget = objective in cfg["forget_objectives"]
+        # Warm-up (one batch each) and correctness on B.
+        floor_pass(model, B[:1], objective)
+        ref = reference_loop(model, B, objective)
+        imp = compute_importance(model, B, objective=objective, granularity="batch")
+        check = compare(imp, ref)
+        compute_importance(model, B[:1], objective=objective, granularity="sample")
+        log(
+            f"  [{objective}] correctness: compute_importance(batch) vs reference loop: "
+            f"allclose={check['allclose']}, max |diff| = {check['max_abs_diff']:.2e} "
+            f"({check['max_abs_diff_rel_to_max']:.1e} of the largest value)"
+        )
+        variants: dict[str, Callable[[], object]] = {
+            "floor_B": lambda: floor_pass(model, B, objective),
+            "importance_batch_B": lambda: compute_importance(model, B, objective=objective, granularity="batch"),
+            "reference_B": lambda: reference_loop(model, B, objective),
+            "importance_sample_B": lambda: compute_importance(model, B, objective=objective, granularity="sample"),
+        }
+        damp = None
+        if with_forget:
+            imp_D = compute_importance(model, D, objective=objective, granularity="batch")
+            imp_Df = compute_importance(model, Df, objective=objective, granularity="batch")
+            top = max_importance_ratio(imp_D, imp_Df)
+            alpha = max(top / 2, 1e-6)  # selects something, so the edit does real work
+            victim = copy.deepcopy(model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NothingSelectedWarning)
+                rep = select_and_dampen_(copy.deepcopy(model), imp_D, imp_Df, alpha=alpha, lambda_=1.0)
+            damp = {"alpha": alpha, "max_ratio": top, "fraction_selected": rep.fraction_selected}
+            log(
+                f"  [{objective}] forget request: alpha = {alpha:.3g} (half the largest ratio {top:.3g}) "
+                f"selects {100 * rep.fraction_selected:.3f}% of the weights"
+            )
+
+            def forget_cached():
+                unlearn(model, Df, method=method, full_importance=imp_D, alpha=alpha, lambda_=1.0)
+
+            def forget_recompute():
+                unlearn(model, Df, method=method, full_loader=D, alpha=alpha, lambda_=1.0)
+
+            def dampen():
+                select_and_dampen_(victim, imp_D, imp_Df, alpha=alpha, lambda_=1.0, warn=False)
+
+            variants.update(
+                {
+                    "floor_Df": lambda: floor_pass(model, Df, objective),
+                    "importance_batch_Df": lambda: compute_importance(model, Df, objective=objective),
+                    "forget_cached": forget_cached,
+                    "forget_recompute": forget_recompute,
+                    "dampen": dampen,
+                }
+            )
+            forget_cached()  # warm-up
+        log(f"  [{objective}] timing {len(variants)} variants x {reps} repetitions, interleaved")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NothingSelectedWarning)
+            times, cpu_times, inner = time_interleaved(variants, reps, device, log)
+        m = {k: med(v) for k, v in times.items()}
+        mc = {k: med(v) for k, v in cpu_times.items()}
+        ratios = {k: _ratio_of(m, k) for k, (num, den) in RATIO_DEFS.items() if num in m and den in m}
+        cpu_ratios = {k: _ratio_of(mc, k) for k in ratios}
+        if with_forget:
+            # The dampening costs a fixed time per weight; the pass over D_f grows with |D_f|.
+            # Size of D_f (images) from which the dampening is <= 5% of that pass, from the
+            # measured medians (time per image of the pass over D_f):
+            per_image = m["importance_batch_Df"] / res_images(Df)
+            damp["break_even_images_5pct"] = m["dampen"] / (GOALS["dampen_vs_importance_Df"] * per_image)
+        res["objectives"][objective] = {
+            "correctness": check,
+            "times_s": times,
+            "cpu_times_s": cpu_times,
+            "calls_per_measurement": inner,
+            "median_s": m,
+            "median_cpu_s": mc,
+            "ratios": ratios,
+            "cpu_ratios": cpu_ratios,
+            "dampening": damp,
+        }
+        log("  [" + objective + "] wall: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+        log("  [" + objective + "] cpu:  " + ", ".join(f"{k} {v:.3f}" for k, v in cpu_ratios.items()))
+    if do_memory:
+        res["memory"] = run_memory_probes(name, cfg, seed, log) if device.type == "cpu" else []
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_ratio(x: float | None, goal: float | None = None, pct: bool = False) -> str:
+    if x is None:
+        return "—"
+    s = f"{100 * x:.1f}%" if pct else f"{x:.2f}x"
+    if goal is not None:
+        s += " ✓" if x <= goal else " ✗"
+    return s
+
+
+def markdown(result: dict) -> str:
+    hw = result["hardware"]
+    lines = [
+        f"# Importance benchmark: {result['host']}",
+        "",
+        f"- CPU: {hw['cpu_model']}, {hw['logical_cpus']} logical CPUs, torch threads: {hw['torch_threads']}, "
+        f"OMP_WAIT_POLICY={hw['omp_wait_policy']}",
+        f"- torch {hw['torch_version']}, Python {hw['python_version']}, lfssd_tutorial {hw['package_version']}",
+        f"- device: {hw['device']}; GPU: {hw['gpu'] or 'none (' + hw.get('gpu_note', '') + ')'}",
+        f"- {result['reps']} interleaved repetitions per variant (short variants repeated within a "
+        f"measurement to last >= {MIN_MEASUREMENT_S} s); medians; ratio = median / median. Each cell: "
+        "wall-clock ratio · process-CPU-time ratio (CPU time counts all threads and ignores time spent "
+        "descheduled, so it is the steadier measure of work on a shared machine); ✓/✗ against the goal",
+        f"- load average before / after: {result['loadavg_before']} / {result['loadavg_after']} "
+        "(the machine was shared; ratios of interleaved runs are more stable than absolute times)",
+        f"- total run time: {result['wall_s']:.0f} s",
+        "",
+        "## Ratios against the goals",
+        "",
+        "| model | objective | importance / fwd+bwd (≤1.15x) | importance / reference loop (≤1.0x) "
+        "| sample / batch (≤4x, ResNet18) | forget, cached Imp_D / fwd+bwd over D_f (≤1.2x) "
+        "| forget, recomputed Imp_D / fwd+bwd over D_f | dampening / importance over D_f (≤5%) | batch == reference |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["models"].items():
+        for obj, o in r["objectives"].items():
+
+            def cell(key: str, goal: float | None = None, pct: bool = False) -> str:
+                if key not in o["ratios"]:
+                    return "—"
+                return (
+                    fmt_ratio(o["ratios"][key], goal, pct)
+                    + " · cpu "
+                    + fmt_ratio(o["cpu_ratios"][key], goal, pct)
+                )
+
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        name,
+                        obj,
+                        cell("importance_vs_floor", GOALS["importance_vs_floor"]),
+                        cell("importance_vs_reference", GOALS["importance_vs_reference"]),
+                        cell("sample_vs_batch", GOALS["sample_vs_batch"] if name == "resnet18" else None),
+                        cell("forget_cached_vs_floor_Df", GOALS["forget_cached_vs_floor_Df"]),
+                        cell("forget_recompute_vs_floor_Df"),
+                        cell("dampen_vs_importance_Df", GOALS["dampen_vs_importance_Df"], pct=True),
+                        "allclose" if o["correctness"]["allclose"] else "**MISMATCH**",
+                    ]
+                )
+                + " |"
+            )
+    notes = []
+    for name, r in result["models"].items():
+        for obj, o in r["objectives"].items():
+            d = o.get("dampening")
+            if d and "break_even_images_5pct" in d:
+                notes.append(
+                    f"- {name} {obj}: the dampening took {o['median_s']['dampen']:.3f} s; it is <= 5% of the "
+                    f"importance pass over D_f once |D_f| >= {d['break_even_images_5pct']:.0f} images (measured "
+                    f"here with |D_f| = {r['images_Df']}; alpha = {d['alpha']:.3g} selected "
+                    f"{100 * d['fraction_selected']:.2f}% of the weights)"
+                )
+    if notes:
+        lines += [
+            "",
+            "## Dampening: fixed cost per weight vs the pass over D_f",
+            "",
+            "The dampening's time depends on the number of weights, the pass over D_f on |D_f|. From "
+            "the medians (time per image of the pass over D_f):",
+            "",
+        ] + notes
+    lines += [
+        "",
+        "## Median times (seconds)",
+        "",
+        "| model | objective | images B / D / D_f | fwd+bwd B | importance batch B | reference B | importance sample B "
+        "| fwd+bwd D_f | importance D_f | forget cached | forget recomputed | dampening |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["models"].items():
+        for obj, o in r["objectives"].items():
+            m = o["median_s"]
+
+            def g(k):
+                return f"{m[k]:.3f}" if k in m else "—"
+
+            lines.append(
+                f"| {name} | {obj} | {r['images_B']} / {r['images_D']} / {r['images_Df']} | {g('floor_B')} "
+                f"| {g('importance_batch_B')} | {g('reference_B')} | {g('importance_sample_B')} | {g('floor_Df')} "
+                f"| {g('importance_batch_Df')} | {g('forget_cached')} | {g('forget_recompute')} | {g('dampen')} |"
+            )
+    lines += [
+        "",
+        "## Peak memory of one pass (objective l2)",
+        "",
+        result["memory_method"],
+        "",
+        "| model | variant | images (batch) | peak increase (MiB) | parameters (MiB) | peak / parameters |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in result["models"].items():
+        for rec in r.get("memory", []):
+            v = rec["variant"] + (f", chunk {rec['chunk']}" if rec["chunk"] else "")
+            lines.append(
+                f"| {name} | {v} | {rec['images']} ({rec['batch_size']}) | {rec['peak_increase_MiB']:.0f} "
+                f"| {rec['param_MiB']:.1f} | {rec['peak_over_params']:.2f}x |"
+            )
+    lines += ["", "## Data", ""]
+    for name, r in result["models"].items():
+        lines.append(f"- {name}: {r['model']}; {r['data']}; {r['weights']}.")
+    lines += ["", "## Variants", ""] + [f"- {k}: {v}" for k, v in result["variants"].items()]
+    return "\n".join(lines) + "\n"
+
+
+VARIANTS = {
+    "fwd+bwd (floor)": "per batch: zero_grad(set_to_none=True), forward, the objective's batch mean, backward(); eval mode",
+    "importance batch": 'compute_importance(model, batches, objective=..., granularity="batch")',
+    "reference loop": "per batch: model.zero_grad(), forward, backward(), then for every parameter "
+    "imp.data += p.grad.data.clone().pow(2) (fisher) or .abs() (l2); finally divide by the number of batches",
+    "importance sample": 'compute_importance(..., granularity="sample") with the default sample_chunk_size',
+    "forget cached": 'unlearn(model, D_f, method=..., full_importance=Imp_D) (a copy of the model is edited)',
+    "forget recomputed": "unlearn(model, D_f, method=..., full_loader=D)",
+    "dampening": "select_and_dampen_(model, Imp_D, Imp_Df, alpha, lambda_=1) with alpha = half the largest ratio",
+}
+
+MEMORY_METHOD = (
+    "Method: each row is a fresh Python subprocess that builds the model and the data, runs the variant "
+    "once on one sample (one-time initialisation), returns freed heap to the OS (malloc_trim), resets the "
+    "kernel's peak-RSS counter (`echo 5 > /proc/self/clear_refs`), reads VmRSS as the baseline, runs the "
+    "pass, and reads VmHWM (peak RSS since the reset). Peak increase = VmHWM - baseline: activations, "
+    "gradients, accumulators and temporaries (the parameters themselves are in the baseline). tracemalloc "
+    "cannot see torch's allocations. Sample rows run one batch whose size equals the chunk, so one full "
+    "chunk of per-sample gradients is live at the peak."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions per variant (default 3)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--host", default=None, help="short name for the results files (default cpu-<N>core / gpu-<card>)")
+    p.add_argument("--out", default=str(ROOT / "results"), help="folder for bench-<host>.json/.md")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-write", action="store_true", help="print only, write no files")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-probe", nargs=5, metavar=("MODEL", "VARIANT", "OBJECTIVE", "CHUNK", "SEED"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
+    if args.memory_probe:
+        m, v, o, c, s = args.memory_probe
+        print(json.dumps(memory_probe(m, v, o, int(c), int(s))))
+        return 0
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    host = args.host or host_name(device)
+    hw = hardware(device)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    log(f"# Importance benchmark on {host}")
+    log(
+        f"CPU {hw['cpu_model']} ({hw['logical_cpus']} logical CPUs), torch {hw['torch_version']}, "
+        f"torch threads {hw['torch_threads']}, device {hw['device']}"
+    )
+    if device.type != "cuda":
+        log("No GPU available: CPU measurements only.")
+    load_before = loadavg()
+    t0 = time.perf_counter()
+    models = {}
+    for name in args.models:
+        models[name] = bench_model(name, args.reps, device, args.seed, log, do_memory=not args.no_memory)
+    result = {
+        "host": host,
+        "date": _dt.date.today().isoformat(),
+        "hardware": hw,
+        "reps": args.reps,
+        "seed": args.seed,
+        "goals": GOALS,
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+        "wall_s": time.perf_counter() - t0,
+        "variants": VARIANTS,
+        "memory_method": MEMORY_METHOD,
+        "models": models,
+    }
+    md = markdown(result)
+    log("\n" + md)
+    if not args.no_write:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"bench-{host}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / f"bench-{host}.md").write_text(md)
+        log(f"wrote {out / f'bench-{host}.json'} and {out / f'bench-{host}.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
