@@ -239,9 +239,12 @@ def select_and_dampen_(
             top = torch.where(positive, forget / full, 0.0).amax()
         else:
             top = torch.zeros((), device=p.device)
-        unbounded = torch.count_nonzero((~positive) & (forget > 0))
+        n_selected = torch.count_nonzero(selected)
+        # Imp_D = 0 < Imp_Df: with validated (finite, >= 0) importances these are exactly
+        # the selected elements that are not positive (forget > alpha * 0 = 0).
+        unbounded = n_selected - torch.count_nonzero(selected & positive)
         entries.append((name, p, full, forget, selected))
-        stats.append(torch.stack([torch.count_nonzero(selected).double(), unbounded.double(), top.double()]))
+        stats.append(torch.stack([n_selected.double(), unbounded.double(), top.double()]))
     values = _to_list(stats)
     best_ratio, best_name = 0.0, None
     edits, changed_counts = [], []
@@ -255,7 +258,7 @@ def select_and_dampen_(
         if n_selected:
             # Selected elements have forget > alpha * full >= 0, so forget > 0 there; the
             # quotient elsewhere (possibly inf or nan) is discarded by the where().
-            beta = full.mul(lambda_).div_(forget).clamp_(max=1.0).to(p.dtype)
+            beta = (full / forget if lambda_ == 1 else full.mul(lambda_).div_(forget)).clamp_(max=1.0).to(p.dtype)
             new = torch.where(selected, p * beta, p)
             changed_counts.append(torch.count_nonzero(new != p).double().reshape(1))
             edits.append(name)

@@ -297,11 +297,11 @@ def _sample_importance(model, params, loader, objective, need_labels, device, pr
 def _all_finite_nonnegative(values: Iterable[torch.Tensor]) -> bool:
     """True when every element of every tensor is finite and >= 0, with one synchronisation.
 
-    Per tensor, the smallest and largest elements suffice: ``amin`` and ``amax`` propagate
-    NaN, ``-inf`` and negatives show in the minimum, ``+inf`` in the maximum.
+    Per tensor, the smallest and largest elements suffice (one ``aminmax`` pass): NaN
+    propagates to both, ``-inf`` and negatives show in the minimum, ``+inf`` in the maximum.
     """
     try:
-        extremes = [torch.stack([v.amin(), v.amax()]).float() for v in values if v.numel()]
+        extremes = [torch.stack(torch.aminmax(v)).float() for v in values if v.numel()]
         if not extremes:
             return True
         device = extremes[0].device
