@@ -25,7 +25,6 @@ FIGURE_DEFAULTS: dict[str, object] = {
     "figure.dpi": 100,
     "savefig.dpi": 100,
     "figure.figsize": (6.4, 3.6),
-    "figure.autolayout": True,
     "axes.grid": True,
     "grid.alpha": 0.3,
     "axes.spines.top": False,

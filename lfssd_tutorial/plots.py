@@ -24,7 +24,7 @@ def _axes(ax, figsize=None):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
     return ax
 
 
@@ -53,7 +53,7 @@ def plot_digits(dataset, indices: Sequence[int], *, titles: Sequence[str] | None
     indices = list(indices)
     if axes is None:
         nrows = max(1, -(-len(indices) // ncols))
-        _, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.25 * nrows), squeeze=False)
+        _, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.25 * nrows), squeeze=False, layout="constrained")
     flat = np.asarray(axes).ravel()
     for ax in flat:
         ax.axis("off")
