@@ -622,7 +622,7 @@ def peak_rss_mb() -> float:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -778,12 +778,41 @@ def read_results(path: str | os.PathLike) -> list[dict]:
 
 
 def _append_jsonl(path: str, record: Mapping) -> None:
-    """Append one record by rewriting the file through a temporary file (atomic)."""
-    existing = ""
-    if os.path.exists(path):
-        with open(path) as f:
-            existing = f.read()
-    _atomic_write_text(path, existing + json.dumps(record, sort_keys=True) + "\n")
+    """Append one record by rewriting the file through a temporary file (atomic).
+
+    A lock file serialises writers, so several processes (e.g. one per seed) can share
+    one results file.
+    """
+    with _FileLock(path + ".lock"):
+        existing = ""
+        if os.path.exists(path):
+            with open(path) as f:
+                existing = f.read()
+        _atomic_write_text(path, existing + json.dumps(record, sort_keys=True) + "\n")
+
+
+class _FileLock:
+    """An exclusive advisory lock (``fcntl.flock``) on a lock file; a no-op where unavailable."""
+
+    def __init__(self, path: str):
+        self.path, self.fd = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return self
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def evaluate_cell(model: nn.Module, loaders: SplitLoaders, device: torch.device) -> dict:
