@@ -81,6 +81,7 @@ class BaselineConfig:
     unsir_impair_lr: float = 1e-4
     unsir_repair_lr: float = 1e-4
     amp: bool = True  # bf16 autocast for the baselines' training steps, CUDA only
+    importance_bf16: bool = False  # bf16 autocast for SSD/LFSSD's importance passes, CUDA only
 
     def __post_init__(self) -> None:
         for name in ("finetune_epochs", "bad_teacher_epochs", "amnesiac_epochs", "unsir_noise_steps", "unsir_noise_batch", "unsir_noise_copies"):
@@ -415,10 +416,13 @@ def dampening_method(
     full_importance=None,
     device=None,
     progress: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ):
     """SSD or LFSSD through :func:`lfssd_tutorial.unlearn`; returns ``(model, report)``.
 
-    ``Imp_D`` is computed on ``loaders.full`` unless ``full_importance`` is given.
+    ``Imp_D`` is computed on ``loaders.full`` unless ``full_importance`` is given;
+    ``autocast_dtype`` and ``channels_last`` go to :func:`~lfssd_tutorial.compute_importance`.
     A :class:`~lfssd_tutorial.NothingSelectedWarning` is silenced here: the report's
     ``nothing_selected`` field records it.
     """
@@ -435,6 +439,8 @@ def dampening_method(
             granularity=granularity,
             device=device,
             progress=progress,
+            autocast_dtype=autocast_dtype,
+            channels_last=channels_last,
         )
 
 

@@ -187,11 +187,83 @@ def max_importance_ratio(
         if full.numel() == 0:
             continue
         forget = forget_importance[name].to(full.device)
-        tops.append(torch.where(full > 0, forget / full, 0.0).amax().float().cpu().reshape(1))
+        tops.append((forget / full).masked_fill_(~(full > 0), 0.0).amax().float().cpu().reshape(1))
     return max(0.0, float(torch.cat(tops).max())) if tops else 0.0
 
 
-@torch.no_grad()
+# A parameter with few selected elements (below _SPARSE_FRACTION, on the CPU) is edited
+# through the indices of those elements (gather, compute, scatter): the usual selection is a
+# tiny fraction of the weights. Otherwise whole-tensor masked ops are used, which on
+# accelerators also avoid a synchronisation per parameter. Both give bit-identical weights.
+_SPARSE_FRACTION = 0.125
+
+
+def _beta(full: torch.Tensor, forget: torch.Tensor, lambda_: float) -> torch.Tensor:
+    """``min(lambda_ * Imp_D / Imp_Df, 1)`` into a new tensor (``full`` is not modified)."""
+    return (full / forget if lambda_ == 1 else full.mul(lambda_).div_(forget)).clamp_(max=1.0)
+
+
+def _edit_at_(p: torch.Tensor, index: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``p.flatten()[index] *= beta`` in place; return the number of values that changed."""
+    target = p if p.is_contiguous() else p.contiguous()
+    flat = target.view(-1)
+    old = flat[index]
+    new = old * beta.to(p.dtype)
+    flat.index_copy_(0, index, new)
+    if target is not p:
+        p.copy_(target)
+    return torch.count_nonzero(new != old).double().reshape(1)
+
+
+def _dampen_selected_(p, full, forget, selected, n_selected: int, lambda_: float) -> torch.Tensor:
+    """Multiply the selected elements of ``p`` by ``beta`` in place; return the changed count.
+
+    Selected elements have ``Imp_Df > alpha * Imp_D >= 0``, so the quotient is finite there.
+    """
+    if p.device.type == "cpu" and n_selected < _SPARSE_FRACTION * p.numel():
+        index = selected.reshape(-1).nonzero().squeeze(1)
+        return _edit_at_(p, index, _beta(full.reshape(-1)[index], forget.reshape(-1)[index], lambda_))
+    # Dense: beta is computed everywhere (possibly inf or nan where not selected) and set
+    # to exactly 1 there; x * 1 == x bit for bit, so unselected weights keep their values.
+    beta = _beta(full, forget, lambda_).masked_fill_(~selected, 1.0).to(p.dtype)
+    new = p * beta
+    n_changed = torch.count_nonzero(new != p).double().reshape(1)
+    p.copy_(new)
+    return n_changed
+
+
+def _scan(full: torch.Tensor, forget: torch.Tensor, alpha: float):
+    """Selection mask, ``Imp_D == 0`` mask and finite ratios (0 where ``Imp_D == 0``)."""
+    # One scratch buffer serves alpha * Imp_D and then the ratio (no second allocation).
+    scratch = torch.mul(full, alpha)
+    selected = forget > scratch
+    zero = full == 0  # validated importances are >= 0, so this is "not Imp_D > 0"
+    ratio = torch.div(forget, full, out=scratch).masked_fill_(zero, 0.0)
+    return selected, zero, ratio
+
+
+def _per_tensor(params, fulls, forgets, alpha, lambda_):
+    """Scan and edit parameter by parameter; two synchronisations in all."""
+    stats, masks = [], []
+    for p, full, forget in zip(params, fulls, forgets):
+        if p.numel():
+            selected, zero, ratio = _scan(full, forget, alpha)
+            # Imp_D = 0 < Imp_Df: with validated (finite, >= 0) importances these are
+            # exactly the selected elements with Imp_D = 0 (forget > alpha * 0 = 0).
+            unbounded, top = torch.count_nonzero(selected & zero), ratio.amax()
+        else:
+            selected = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+            unbounded = top = torch.zeros((), device=p.device)
+        masks.append(selected)
+        stats.append(torch.stack([torch.count_nonzero(selected).double(), unbounded.double(), top.double()]))
+    values = _to_list(stats)
+    changed = {}
+    for i, (p, full, forget, selected) in enumerate(zip(params, fulls, forgets, masks)):
+        if values[i][0]:
+            changed[i] = _dampen_selected_(p, full, forget, selected, int(values[i][0]), lambda_)
+    return values, changed
+
+
 def select_and_dampen_(
     model: nn.Module,
     full_importance: Mapping[str, torch.Tensor],
@@ -222,49 +294,40 @@ def select_and_dampen_(
     """
     check_hyperparameters(alpha, lambda_)
     _check_pair(model, full_importance, forget_importance)
+    return _dampen(model, full_importance, forget_importance, alpha, lambda_, warn=warn, stacklevel=3)
+
+
+def _dampen(model, full_importance, forget_importance, alpha, lambda_, *, warn: bool, stacklevel: int) -> DampeningReport:
+    """:func:`select_and_dampen_` on arguments that are already validated.
+
+    ``stacklevel`` of the warning counts from here: 3 is the caller's caller. Not decorated
+    with ``torch.no_grad`` (a decorator would add a frame), so gradient mode is set inside.
+    """
+    with torch.no_grad():
+        return _dampen_no_grad(model, full_importance, forget_importance, alpha, lambda_, warn=warn, stacklevel=stacklevel + 1)
+
+
+def _dampen_no_grad(model, full_importance, forget_importance, alpha, lambda_, *, warn: bool, stacklevel: int) -> DampeningReport:
     report = DampeningReport(alpha=float(alpha), lambda_=float(lambda_))
-    # Vectorised: a fixed handful of whole-tensor ops per parameter, no boolean indexing,
-    # no per-element Python, and two host-device synchronisations in all: one for the
-    # selection counts and ratios, one for the changed counts. Elements with Imp_D = 0 get
-    # ratio 0 here; they never hold the maximum of the *finite* ratios (max_ratio).
-    entries, stats = [], []
+    names, params, fulls, forgets = [], [], [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        full = full_importance[name].to(device=p.device, dtype=torch.float32)
-        forget = forget_importance[name].to(device=p.device, dtype=torch.float32)
-        selected = forget > alpha * full
-        positive = full > 0
-        if p.numel():
-            top = torch.where(positive, forget / full, 0.0).amax()
-        else:
-            top = torch.zeros((), device=p.device)
-        n_selected = torch.count_nonzero(selected)
-        # Imp_D = 0 < Imp_Df: with validated (finite, >= 0) importances these are exactly
-        # the selected elements that are not positive (forget > alpha * 0 = 0).
-        unbounded = n_selected - torch.count_nonzero(selected & positive)
-        entries.append((name, p, full, forget, selected))
-        stats.append(torch.stack([n_selected.double(), unbounded.double(), top.double()]))
-    values = _to_list(stats)
+        if p.requires_grad:
+            names.append(name)
+            params.append(p)
+            fulls.append(full_importance[name].to(device=p.device, dtype=torch.float32))
+            forgets.append(forget_importance[name].to(device=p.device, dtype=torch.float32))
+    values, changed = _per_tensor(params, fulls, forgets, float(alpha), float(lambda_))
     best_ratio, best_name = 0.0, None
-    edits, changed_counts = [], []
-    for (name, p, full, forget, selected), (n_selected, n_unbounded, ratio) in zip(entries, values):
+    for name, p, (n_selected, n_unbounded, ratio) in zip(names, params, values):
         report.numel[name] = p.numel()
         report.selected[name] = int(n_selected)
         report.changed[name] = 0
         report.unbounded += int(n_unbounded)
         if ratio > best_ratio:
             best_ratio, best_name = ratio, name
-        if n_selected:
-            # Selected elements have forget > alpha * full >= 0, so forget > 0 there; the
-            # quotient elsewhere (possibly inf or nan) is discarded by the where().
-            beta = (full / forget if lambda_ == 1 else full.mul(lambda_).div_(forget)).clamp_(max=1.0).to(p.dtype)
-            new = torch.where(selected, p * beta, p)
-            changed_counts.append(torch.count_nonzero(new != p).double().reshape(1))
-            edits.append(name)
-            p.copy_(new)
-    for name, n_changed in zip(edits, _to_list(changed_counts)):
-        report.changed[name] = int(n_changed[0])
+    edited = sorted(changed)
+    for i, n_changed in zip(edited, _to_list([changed[i] for i in edited])):
+        report.changed[names[i]] = int(n_changed[0])
     report.max_ratio = best_ratio
     report.max_ratio_parameter = best_name
     if warn and report.nothing_selected:
@@ -274,6 +337,6 @@ def select_and_dampen_(
             f"only alpha < {best_ratio:.3g} selects anything. Lower alpha (see the ratio "
             "distribution, lfssd_tutorial.importance_ratios).",
             NothingSelectedWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return report

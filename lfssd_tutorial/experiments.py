@@ -886,9 +886,12 @@ def run_forget(
                     seconds = info.get("wall_seconds")
                 elif spec.dampening:
                     alpha = config.alpha_of(spec)
+                    cuda = device.type == "cuda"
                     model, report = dampening_method(
                         original_model, loaders, method=spec.method, alpha=alpha, lambda_=spec.lambda_,
                         granularity=spec.granularity, device=device, progress=progress,
+                        autocast_dtype=torch.bfloat16 if cuda and bcfg.importance_bf16 and spec.granularity == "batch" else None,
+                        channels_last=cuda and config.model.family == "resnet",
                     )
                     seconds = time.perf_counter() - t0
                     extra = {

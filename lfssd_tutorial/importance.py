@@ -156,7 +156,9 @@ def compute_importance(
     granularity: str = "batch",
     device: str | torch.device | None = None,
     progress: bool = False,
-    sample_chunk_size: int = 32,
+    sample_chunk_size: int = 16,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Estimate one importance value per parameter element over the data in ``loader``.
 
@@ -176,6 +178,15 @@ def compute_importance(
         progress: show a progress bar over batches.
         sample_chunk_size: with ``granularity="sample"``, how many per-sample gradients
             are materialised at once (memory is ``chunk x #parameters`` floats).
+        autocast_dtype: ``None`` (default) computes in full float32. A low-precision
+            dtype such as ``torch.bfloat16`` runs the forward pass (and so the backward's
+            matrix products) under :func:`torch.autocast`; the importances are still
+            accumulated in float32. Faster on GPUs, but the values change: measure the
+            relative error on your model first (``make bench`` reports it). With
+            ``granularity="batch"`` only.
+        channels_last: pass 4-D input batches in ``torch.channels_last`` memory format.
+            Pair it with ``model.to(memory_format=torch.channels_last)``; the values are
+            the same up to float rounding.
 
     Returns:
         ``{parameter name: float32 tensor shaped like the parameter}`` for every parameter
@@ -190,16 +201,24 @@ def compute_importance(
     _check_choice("granularity", granularity, GRANULARITIES)
     if sample_chunk_size < 1:
         raise ValueError(f"sample_chunk_size must be >= 1, got {sample_chunk_size}")
+    if autocast_dtype is not None and not (isinstance(autocast_dtype, torch.dtype) and autocast_dtype.is_floating_point):
+        raise ValueError(f"autocast_dtype must be None or a floating torch.dtype such as torch.bfloat16, got {autocast_dtype!r}")
+    if autocast_dtype is not None and granularity == "sample":
+        # torch.func's vmap does not compose with autocast for every layer (BatchNorm
+        # receives mixed dtypes); per-sample importances stay in float32.
+        raise ValueError('autocast_dtype is supported with granularity="batch" only')
     device = torch.device(device) if device is not None else _model_device(model)
     params = _trainable(model)
     need_labels = objective == "fisher"
+    prepare = _input_preparer(device, channels_last)
+    amp = _autocast_context(device, autocast_dtype)
 
     with _EvalMode(model):
         if granularity == "batch":
-            acc, count = _batch_importance(model, params, loader, objective, need_labels, device, progress)
+            acc, count = _batch_importance(model, params, loader, objective, need_labels, prepare, amp, progress)
         else:
             acc, count = _sample_importance(
-                model, params, loader, objective, need_labels, device, progress, sample_chunk_size
+                model, params, loader, objective, need_labels, prepare, progress, sample_chunk_size
             )
     if count == 0:
         raise ValueError("the loader yielded no data: cannot estimate importance over an empty set")
@@ -209,18 +228,44 @@ def compute_importance(
     return result
 
 
-def _batch_importance(model, params, loader, objective, need_labels, device, progress):
+def _input_preparer(device: torch.device, channels_last: bool):
+    """Move a batch's inputs and labels to ``device`` (inputs in channels_last if asked)."""
+
+    def prepare(inputs, labels):
+        if channels_last and inputs.dim() == 4:
+            inputs = inputs.to(device, memory_format=torch.channels_last, non_blocking=True)
+        else:
+            inputs = inputs.to(device, non_blocking=True)
+        if labels is not None:
+            labels = labels.to(device, non_blocking=True)
+        return inputs, labels
+
+    return prepare
+
+
+def _autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """A factory of contexts for the forward pass: autocast to ``dtype``, or nothing."""
+    import contextlib
+
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _batch_importance(model, params, loader, objective, need_labels, prepare, amp, progress):
     tensors = list(params.values())
-    acc = [torch.zeros_like(p, dtype=torch.float32, device=device) for p in tensors]
+    acc = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     n_batches = 0
     for batch in _progress(loader, progress, f"importance ({objective}, batch)"):
         inputs, labels = split_batch(batch, need_labels=need_labels)
         if inputs.shape[0] == 0:
             continue
-        inputs = inputs.to(device, non_blocking=True)
-        if labels is not None:
-            labels = labels.to(device, non_blocking=True)
-        loss = _objective_batch_mean(model(inputs), labels, objective)
+        inputs, labels = prepare(inputs, labels)
+        with amp():
+            logits = model(inputs)
+        # The objective is always evaluated in float32 (autocast only covers the model).
+        loss = _objective_batch_mean(logits.float(), labels, objective)
+        del logits
         # autograd.grad returns fresh tensors and never touches p.grad.
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
         del loss
@@ -250,14 +295,14 @@ def _accumulate_(acc: list[torch.Tensor], grads, objective: str) -> None:
         torch._foreach_add_(a_list, g_list)
 
 
-def _sample_importance(model, params, loader, objective, need_labels, device, progress, chunk):
+def _sample_importance(model, params, loader, objective, need_labels, prepare, progress, chunk):
     from torch.func import functional_call, grad, vmap
 
     names = list(params.keys())
     detached = {n: p.detach() for n, p in params.items()}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
-    acc = [torch.zeros_like(p, dtype=torch.float32, device=device) for p in detached.values()]
+    acc = [torch.zeros_like(p, dtype=torch.float32) for p in detached.values()]
 
     def per_sample_objective(trainable, x, y):
         out = functional_call(model, ({**trainable, **frozen}, buffers), (x.unsqueeze(0),))
@@ -275,21 +320,19 @@ def _sample_importance(model, params, loader, objective, need_labels, device, pr
     n_samples = 0
     for batch in _progress(loader, progress, f"importance ({objective}, sample)"):
         inputs, labels = split_batch(batch, need_labels=need_labels)
-        inputs = inputs.to(device, non_blocking=True)
-        if labels is not None:
-            labels = labels.to(device, non_blocking=True)
+        inputs, labels = prepare(inputs, labels)
         for start in range(0, inputs.shape[0], chunk):
             x = inputs[start : start + chunk]
             if objective == "fisher":
                 g = grad_fn(detached, x, labels[start : start + chunk])
             else:
                 g = grad_fn(detached, x)
+            # g holds fresh per-sample gradients (chunk x parameter): square / abs them in
+            # place, so no second chunk-sized temporary is allocated.
             for a, name in zip(acc, names):
                 gi = g[name].float()
-                if objective == "fisher":
-                    a.add_(gi.pow(2).sum(0))
-                else:
-                    a.add_(gi.abs().sum(0))
+                a.add_((gi.square_() if objective == "fisher" else gi.abs_()).sum(0))
+            del g
             n_samples += x.shape[0]
     return acc, n_samples
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from .dampening import DampeningReport, check_hyperparameters, select_and_dampen_
+from .dampening import DampeningReport, _dampen, check_hyperparameters
 from .importance import GRANULARITIES, check_importance, compute_importance
 
 __all__ = ["METHODS", "objective_for", "unlearn", "unlearning"]
@@ -39,6 +39,8 @@ def unlearn(
     inplace: bool = False,
     device: str | torch.device | None = None,
     progress: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> tuple[nn.Module, DampeningReport]:
     """Forget the data in ``forget_loader`` with LFSSD (default) or SSD.
 
@@ -61,6 +63,8 @@ def unlearn(
         inplace: edit ``model`` itself; by default a deep copy is edited and returned.
         device: where to compute importances; defaults to the model's device.
         progress: show progress bars.
+        autocast_dtype, channels_last: passed to
+            :func:`~lfssd_tutorial.compute_importance` (default: full float32).
 
     Returns:
         ``(unlearned model, DampeningReport)``.
@@ -74,14 +78,14 @@ def unlearn(
     if full_importance is not None:
         check_importance(full_importance, model, name="full_importance (Imp_D)")
     target = model if inplace else copy.deepcopy(model)
+    options = dict(objective=objective, granularity=granularity, device=device, progress=progress,
+                   autocast_dtype=autocast_dtype, channels_last=channels_last)
     if full_importance is None:
-        full_importance = compute_importance(
-            target, full_loader, objective=objective, granularity=granularity, device=device, progress=progress
-        )
-    forget_importance = compute_importance(
-        target, forget_loader, objective=objective, granularity=granularity, device=device, progress=progress
-    )
-    report = select_and_dampen_(target, full_importance, forget_importance, alpha=alpha, lambda_=lambda_)
+        full_importance = compute_importance(target, full_loader, **options)
+    forget_importance = compute_importance(target, forget_loader, **options)
+    # Both importances are validated already (check_importance above, and compute_importance
+    # checks what it returns, keyed by the model's own parameters): skip a second check.
+    report = _dampen(target, full_importance, forget_importance, alpha, lambda_, warn=True, stacklevel=3)
     return target, report
 
 

@@ -140,3 +140,76 @@ def test_mismatched_importances():
     nan["classifier.bias"] = torch.full_like(full["classifier.bias"], float("nan"))
     with pytest.raises(ValueError, match="NaN or inf"):
         select_and_dampen_(model, full, nan, alpha=1.0, lambda_=1.0)
+
+
+def _naive_select_and_dampen(params, full, forget, alpha, lambda_):
+    """SPEC section 3 written out element by element's tensor form, without any optimisation."""
+    out, selected, changed = {}, {}, {}
+    for name, p in params.items():
+        f, g = full[name].float(), forget[name].float()
+        sel = g > alpha * f
+        beta = torch.clamp(lambda_ * f / g, max=1.0).to(p.dtype)
+        new = torch.where(sel, p * beta, p)
+        out[name], selected[name], changed[name] = new, int(sel.sum()), int((new != p).sum())
+    return out, selected, changed
+
+
+class Mixed(nn.Module):
+    """Parameters of several shapes and dtypes, one of them non-contiguous, one empty, one scalar."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(11)
+        self.big = nn.Parameter(torch.randn(64, 300, generator=g))
+        self.transposed = nn.Parameter(torch.randn(40, 30, generator=g).t())
+        self.wide = nn.Parameter(torch.randn(500, generator=g, dtype=torch.float64))
+        self.scalar = nn.Parameter(torch.randn((), generator=g))
+        self.empty = nn.Parameter(torch.zeros(0, 3))
+        self.frozen = nn.Parameter(torch.randn(10, generator=g), requires_grad=False)
+
+
+@pytest.mark.parametrize("sparse_fraction", [0.0, 0.125, 1.1])  # always dense, the default, always by index
+@pytest.mark.parametrize("alpha,lambda_,spike", [(2.0, 1.0, 0.002), (2.0, 0.7, 0.05), (0.5, 1.0, 0.0), (1.0, 3.0, 0.3)])
+def test_fast_paths_equal_naive_bit_for_bit(monkeypatch, sparse_fraction, alpha, lambda_, spike):
+    """The index (sparse) and masked (dense) edits give exactly the naive weights, counts and ratios."""
+    import lfssd_tutorial.dampening as dampening
+
+    monkeypatch.setattr(dampening, "_SPARSE_FRACTION", sparse_fraction)
+    model = Mixed()
+    assert not model.transposed.is_contiguous()
+    g = torch.Generator().manual_seed(5)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    full = {n: torch.rand(p.shape, generator=g) for n, p in params.items()}
+    full["transposed"] = torch.rand(40, 30, generator=g).t()  # importances laid out like the parameter
+    forget = {}
+    for n, p in params.items():
+        f = full[n] * torch.rand(p.shape, generator=g)
+        f[torch.rand(p.shape, generator=g) < spike] *= 50.0  # a few specialised weights
+        forget[n] = f
+    full["big"].view(-1)[:7] = 0.0  # Imp_D = 0: unbounded where Imp_Df > 0
+    forget["big"].view(-1)[:3] = 0.0  # ... and 0/0 where both are zero
+    before = {n: p.detach().clone() for n, p in params.items()}
+    expected, selected, changed = _naive_select_and_dampen(before, full, forget, alpha, lambda_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NothingSelectedWarning)
+        report = select_and_dampen_(model, full, forget, alpha=alpha, lambda_=lambda_)
+    for n, p in params.items():
+        assert p.dtype == before[n].dtype and p.shape == before[n].shape
+        assert torch.equal(p.detach(), expected[n]), n
+    assert report.selected == selected and report.changed == changed
+    assert report.unbounded == 4
+    assert report.max_ratio == max_importance_ratio(full, forget)
+    assert torch.equal(model.frozen, Mixed().frozen)
+
+
+def test_nothing_selected_warning_points_at_the_caller():
+    from lfssd_tutorial import unlearn
+
+    model = make_cnn(seed=4)
+    ones = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        select_and_dampen_(model, ones, ones, alpha=10.0, lambda_=1.0)
+        unlearn(model, [torch.randn(4, 1, 8, 8)], method="lfssd", full_importance=ones, alpha=1e6)
+    assert [w.category for w in caught] == [NothingSelectedWarning] * 2
+    assert all(w.filename == __file__ for w in caught), [w.filename for w in caught]

@@ -224,3 +224,37 @@ def test_check_importance_names_the_problem(cnn, mutate, match):
     mutate(imp)
     with pytest.raises(ValueError, match=match):
         check_importance(imp, cnn)
+
+
+@pytest.mark.parametrize("granularity", ["batch", "sample"])
+@pytest.mark.parametrize("objective", ["l2", "fisher"])
+def test_channels_last_gives_the_same_values(cnn, batches, granularity, objective):
+    want = compute_importance(cnn, batches, objective=objective, granularity=granularity)
+    model = copy.deepcopy(cnn).to(memory_format=torch.channels_last)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    got = compute_importance(model, batches, objective=objective, granularity=granularity, channels_last=True)
+    assert seen and all(seen)  # the inputs really arrived in channels_last
+    for name in want:
+        assert got[name].dtype == torch.float32
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("objective", ["l2", "fisher"])
+def test_bf16_autocast_is_close_but_not_exact(cnn, batches, objective):
+    """bf16 autocast changes the values (so it really ran), within bf16's precision."""
+    want = compute_importance(cnn, batches, objective=objective)
+    got = compute_importance(cnn, batches, objective=objective, autocast_dtype=torch.bfloat16)
+    num = sum(float((got[n] - want[n]).abs().sum()) for n in want)
+    den = sum(float(want[n].abs().sum()) for n in want)
+    assert all(got[n].dtype == torch.float32 for n in got)
+    assert 0 < num / den < 0.05  # bf16 keeps 8 bits of mantissa: about 0.4% per operation
+    assert all(p.dtype == torch.float32 for p in cnn.parameters())  # the model is untouched
+
+
+def test_bad_autocast_dtype(cnn, batches):
+    for bad in (torch.int8, "bfloat16"):
+        with pytest.raises(ValueError, match="autocast_dtype"):
+            compute_importance(cnn, batches, objective="l2", autocast_dtype=bad)
+    with pytest.raises(ValueError, match='granularity="batch" only'):
+        compute_importance(cnn, batches, objective="l2", granularity="sample", autocast_dtype=torch.bfloat16)
