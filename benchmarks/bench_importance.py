@@ -265,6 +265,19 @@ def reference_loop(model: nn.Module, batches: Batches, objective: str) -> dict[s
     return importances
 
 
+def relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> dict:
+    """How far a variant's importances are from the float32 ones (``want``).
+
+    ``rel_l1``: sum |got - want| / sum |want| over all weights; ``max_rel_to_max``: the
+    largest |got - want| over the largest |want|.
+    """
+    num = sum(float((got[k].float() - want[k]).abs().sum()) for k in want)
+    den = sum(float(want[k].abs().sum()) for k in want)
+    max_abs = max(float((got[k].float() - want[k]).abs().max()) for k in want)
+    scale = max(float(want[k].abs().max()) for k in want)
+    return {"rel_l1": num / max(den, 1e-30), "max_rel_to_max": max_abs / max(scale, 1e-30)}
+
+
 def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict:
     allclose = all(torch.allclose(a[k], b[k]) for k in a)
     max_abs = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -429,6 +442,8 @@ RATIO_DEFS = {
     "forget_recompute_vs_cached": ("forget_recompute", "forget_cached"),
     "dampen_vs_importance_Df": ("dampen", "importance_batch_Df"),
     "dampen_vs_importance_B": ("dampen", "importance_batch_B"),
+    "bf16_vs_fp32": ("importance_bf16_B", "importance_batch_B"),
+    "channels_last_vs_default": ("importance_channels_last_B", "importance_batch_B"),
 }
 
 
@@ -472,11 +487,22 @@ def bench_model(name: str, reps: int, device: torch.device, seed: int, log, do_m
             f"allclose={check['allclose']}, max |diff| = {check['max_abs_diff']:.2e} "
             f"({check['max_abs_diff_rel_to_max']:.1e} of the largest value)"
         )
+        # Precision and memory-format variants of the batch estimator, and their effect on the values.
+        model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        bf16 = compute_importance(model, B, objective=objective, autocast_dtype=torch.bfloat16)
+        cl = compute_importance(model_cl, B, objective=objective, channels_last=True)
+        precision = {"bf16_autocast": relative_error(bf16, imp), "channels_last": relative_error(cl, imp)}
+        log(
+            f"  [{objective}] bf16 autocast vs float32: relative l1 error {precision['bf16_autocast']['rel_l1']:.2e}; "
+            f"channels_last: {precision['channels_last']['rel_l1']:.2e}"
+        )
         variants: dict[str, Callable[[], object]] = {
             "floor_B": lambda: floor_pass(model, B, objective),
             "importance_batch_B": lambda: compute_importance(model, B, objective=objective, granularity="batch"),
             "reference_B": lambda: reference_loop(model, B, objective),
             "importance_sample_B": lambda: compute_importance(model, B, objective=objective, granularity="sample"),
+            "importance_bf16_B": lambda: compute_importance(model, B, objective=objective, autocast_dtype=torch.bfloat16),
+            "importance_channels_last_B": lambda: compute_importance(model_cl, B, objective=objective, channels_last=True),
         }
         damp = None
         if with_forget:
@@ -537,6 +563,7 @@ def bench_model(name: str, reps: int, device: torch.device, seed: int, log, do_m
             "ratios": ratios,
             "cpu_ratios": cpu_ratios,
             "dampening": damp,
+            "precision": precision,
         }
         log("  [" + objective + "] wall: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
         log("  [" + objective + "] cpu:  " + ", ".join(f"{k} {v:.3f}" for k, v in cpu_ratios.items()))
@@ -610,6 +637,31 @@ def markdown(result: dict) -> str:
                 )
                 + " |"
             )
+    lines += [
+        "",
+        "## Precision and memory-format variants of the batch estimator",
+        "",
+        "Time against the default float32 pass over B, and the change of the importance values: relative l1 "
+        "error = sum |variant - float32| / sum |float32| over all weights; max = largest |difference| / largest "
+        "value. bf16 autocast runs the forward (and so the backward's products) in bfloat16 and accumulates in "
+        "float32; channels_last passes inputs and weights in NHWC layout.",
+        "",
+        "| model | objective | bf16 autocast: time | bf16: relative l1 error | bf16: max | channels_last: time "
+        "| channels_last: relative l1 error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["models"].items():
+        for obj, o in r["objectives"].items():
+            pr = o.get("precision")
+            if not pr:
+                continue
+            rt, rc = o["ratios"], o["cpu_ratios"]
+            lines.append(
+                f"| {name} | {obj} | {rt['bf16_vs_fp32']:.2f}x · cpu {rc['bf16_vs_fp32']:.2f}x "
+                f"| {pr['bf16_autocast']['rel_l1']:.2e} | {pr['bf16_autocast']['max_rel_to_max']:.2e} "
+                f"| {rt['channels_last_vs_default']:.2f}x · cpu {rc['channels_last_vs_default']:.2f}x "
+                f"| {pr['channels_last']['rel_l1']:.2e} |"
+            )
     notes = []
     for name, r in result["models"].items():
         for obj, o in r["objectives"].items():
@@ -679,6 +731,8 @@ VARIANTS = {
     "reference loop": "per batch: model.zero_grad(), forward, backward(), then for every parameter "
     "imp.data += p.grad.data.clone().pow(2) (fisher) or .abs() (l2); finally divide by the number of batches",
     "importance sample": 'compute_importance(..., granularity="sample") with the default sample_chunk_size',
+    "importance bf16": 'compute_importance(..., autocast_dtype=torch.bfloat16) (forward under torch.autocast, float32 accumulation)',
+    "importance channels_last": "compute_importance(model.to(memory_format=torch.channels_last), ..., channels_last=True)",
     "forget cached": 'unlearn(model, D_f, method=..., full_importance=Imp_D) (a copy of the model is edited)',
     "forget recomputed": "unlearn(model, D_f, method=..., full_loader=D)",
     "dampening": "select_and_dampen_(model, Imp_D, Imp_Df, alpha, lambda_=1) with alpha = half the largest ratio",

@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end on tiny data (their numbers are not checked here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .fake_data import write_cifar100
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_host_memory_script_on_synthetic_cifar100(tmp_path):
+    write_cifar100(str(tmp_path / "data"), n_train=200, n_test=100)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "name: tiny-vit\n"
+        "data: {dataset: cifar100, root: null, batch_size: 32, image_size: 48}\n"
+        "model: {name: small_vit, options: {patch_size: 8, num_layers: 1, hidden_dim: 32, mlp_dim: 64, num_heads: 2}}\n"
+        "train: {epochs: 1, lr: 0.01}\n"
+        "scenario: {kind: full_class, targets: [rocket]}\n"
+        "methods: [original]\n"
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "host_memory.py"), "--config", str(config), "--data-root",
+         str(tmp_path / "data"), "--device", "cpu", "--workers", "1", "--steps", "2", "--model-batch", "4",
+         "--threads", "1", "--out", str(out), "--no-integrity-check"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = out.glob("host-memory-cpu-*core.json")
+    result = json.loads(path.read_text())
+    assert result["checksums_verified"] is False and result["training_images"] == 200
+    data = result["data"]
+    assert data["images"] == 200 and data["batch_shape"] == [32, 3, 48, 48]  # resized on the fly
+    assert len(data["worker_peaks_MiB"]) == 1
+    assert data["main_plus_workers_MiB"] >= data["main_peak_MiB"] > 0
+    assert 0 < data["pss_sum_max_sampled_MiB"] <= data["main_plus_workers_MiB"]
+    model = result["model_steps"]
+    assert model["steps"] == 2 and model["batch_size"] == 4 and model["main_peak_MiB"] >= data["main_peak_MiB"]
+    assert "peak RSS" in proc.stdout
