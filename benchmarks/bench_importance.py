@@ -341,12 +341,19 @@ def med(xs: list[float]) -> float:
 # --------------------------------------------------------------------------- memory
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
+def proc_kib(field: str, pid: int | str = "self", file: str = "status") -> int | None:
+    """A ``<field>: <n> kB`` value from ``/proc/<pid>/<file>`` (None if unreadable or absent).
+
+    ``status`` has VmRSS and VmHWM (peak RSS); ``smaps_rollup`` has Pss.
+    """
+    try:
+        with open(f"/proc/{pid}/{file}") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def memory_probe(model_name: str, variant: str, objective: str, chunk: int, seed: int) -> dict:
@@ -392,9 +399,9 @@ def memory_probe(model_name: str, variant: str, objective: str, chunk: int, seed
         pass
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    base = _status_kib("VmRSS")
+    base = proc_kib("VmRSS")
     run(B)
-    peak = _status_kib("VmHWM")
+    peak = proc_kib("VmHWM")
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return {
         "variant": variant,
@@ -575,6 +582,13 @@ def bench_model(name: str, reps: int, device: torch.device, seed: int, log, do_m
 # --------------------------------------------------------------------------- report
 
 
+def _each_objective(result: dict):
+    """(model name, model record, objective, objective record) for every row of a result."""
+    for name, r in result["models"].items():
+        for obj, o in r["objectives"].items():
+            yield name, r, obj, o
+
+
 def fmt_ratio(x: float | None, goal: float | None = None, pct: bool = False) -> str:
     if x is None:
         return "—"
@@ -608,35 +622,34 @@ def markdown(result: dict) -> str:
         "| forget, recomputed Imp_D / fwd+bwd over D_f | dampening / importance over D_f (≤5%) | batch == reference |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in result["models"].items():
-        for obj, o in r["objectives"].items():
+    for name, r, obj, o in _each_objective(result):
 
-            def cell(key: str, goal: float | None = None, pct: bool = False) -> str:
-                if key not in o["ratios"]:
-                    return "—"
-                return (
-                    fmt_ratio(o["ratios"][key], goal, pct)
-                    + " · cpu "
-                    + fmt_ratio(o["cpu_ratios"][key], goal, pct)
-                )
-
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        name,
-                        obj,
-                        cell("importance_vs_floor", GOALS["importance_vs_floor"]),
-                        cell("importance_vs_reference", GOALS["importance_vs_reference"]),
-                        cell("sample_vs_batch", GOALS["sample_vs_batch"] if name == "resnet18" else None),
-                        cell("forget_cached_vs_floor_Df", GOALS["forget_cached_vs_floor_Df"]),
-                        cell("forget_recompute_vs_floor_Df"),
-                        cell("dampen_vs_importance_Df", GOALS["dampen_vs_importance_Df"], pct=True),
-                        "allclose" if o["correctness"]["allclose"] else "**MISMATCH**",
-                    ]
-                )
-                + " |"
+        def cell(key: str, goal: float | None = None, pct: bool = False) -> str:
+            if key not in o["ratios"]:
+                return "—"
+            return (
+                fmt_ratio(o["ratios"][key], goal, pct)
+                + " · cpu "
+                + fmt_ratio(o["cpu_ratios"][key], goal, pct)
             )
+
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    obj,
+                    cell("importance_vs_floor", GOALS["importance_vs_floor"]),
+                    cell("importance_vs_reference", GOALS["importance_vs_reference"]),
+                    cell("sample_vs_batch", GOALS["sample_vs_batch"] if name == "resnet18" else None),
+                    cell("forget_cached_vs_floor_Df", GOALS["forget_cached_vs_floor_Df"]),
+                    cell("forget_recompute_vs_floor_Df"),
+                    cell("dampen_vs_importance_Df", GOALS["dampen_vs_importance_Df"], pct=True),
+                    "allclose" if o["correctness"]["allclose"] else "**MISMATCH**",
+                ]
+            )
+            + " |"
+        )
     lines += [
         "",
         "## Precision and memory-format variants of the batch estimator",
@@ -650,29 +663,27 @@ def markdown(result: dict) -> str:
         "| channels_last: relative l1 error |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, r in result["models"].items():
-        for obj, o in r["objectives"].items():
-            pr = o.get("precision")
-            if not pr:
-                continue
-            rt, rc = o["ratios"], o["cpu_ratios"]
-            lines.append(
-                f"| {name} | {obj} | {rt['bf16_vs_fp32']:.2f}x · cpu {rc['bf16_vs_fp32']:.2f}x "
-                f"| {pr['bf16_autocast']['rel_l1']:.2e} | {pr['bf16_autocast']['max_rel_to_max']:.2e} "
-                f"| {rt['channels_last_vs_default']:.2f}x · cpu {rc['channels_last_vs_default']:.2f}x "
-                f"| {pr['channels_last']['rel_l1']:.2e} |"
-            )
+    for name, r, obj, o in _each_objective(result):
+        pr = o.get("precision")
+        if not pr:
+            continue
+        rt, rc = o["ratios"], o["cpu_ratios"]
+        lines.append(
+            f"| {name} | {obj} | {rt['bf16_vs_fp32']:.2f}x · cpu {rc['bf16_vs_fp32']:.2f}x "
+            f"| {pr['bf16_autocast']['rel_l1']:.2e} | {pr['bf16_autocast']['max_rel_to_max']:.2e} "
+            f"| {rt['channels_last_vs_default']:.2f}x · cpu {rc['channels_last_vs_default']:.2f}x "
+            f"| {pr['channels_last']['rel_l1']:.2e} |"
+        )
     notes = []
-    for name, r in result["models"].items():
-        for obj, o in r["objectives"].items():
-            d = o.get("dampening")
-            if d and "break_even_images_5pct" in d:
-                notes.append(
-                    f"- {name} {obj}: the dampening took {o['median_s']['dampen']:.3f} s; it is <= 5% of the "
-                    f"importance pass over D_f once |D_f| >= {d['break_even_images_5pct']:.0f} images (measured "
-                    f"here with |D_f| = {r['images_Df']}; alpha = {d['alpha']:.3g} selected "
-                    f"{100 * d['fraction_selected']:.2f}% of the weights)"
-                )
+    for name, r, obj, o in _each_objective(result):
+        d = o.get("dampening")
+        if d and "break_even_images_5pct" in d:
+            notes.append(
+                f"- {name} {obj}: the dampening took {o['median_s']['dampen']:.3f} s; it is <= 5% of the "
+                f"importance pass over D_f once |D_f| >= {d['break_even_images_5pct']:.0f} images (measured "
+                f"here with |D_f| = {r['images_Df']}; alpha = {d['alpha']:.3g} selected "
+                f"{100 * d['fraction_selected']:.2f}% of the weights)"
+            )
     if notes:
         lines += [
             "",
@@ -690,18 +701,17 @@ def markdown(result: dict) -> str:
         "| fwd+bwd D_f | importance D_f | forget cached | forget recomputed | dampening |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in result["models"].items():
-        for obj, o in r["objectives"].items():
-            m = o["median_s"]
+    for name, r, obj, o in _each_objective(result):
+        m = o["median_s"]
 
-            def g(k):
-                return f"{m[k]:.3f}" if k in m else "—"
+        def g(k):
+            return f"{m[k]:.3f}" if k in m else "—"
 
-            lines.append(
-                f"| {name} | {obj} | {r['images_B']} / {r['images_D']} / {r['images_Df']} | {g('floor_B')} "
-                f"| {g('importance_batch_B')} | {g('reference_B')} | {g('importance_sample_B')} | {g('floor_Df')} "
-                f"| {g('importance_batch_Df')} | {g('forget_cached')} | {g('forget_recompute')} | {g('dampen')} |"
-            )
+        lines.append(
+            f"| {name} | {obj} | {r['images_B']} / {r['images_D']} / {r['images_Df']} | {g('floor_B')} "
+            f"| {g('importance_batch_B')} | {g('reference_B')} | {g('importance_sample_B')} | {g('floor_Df')} "
+            f"| {g('importance_batch_Df')} | {g('forget_cached')} | {g('forget_recompute')} | {g('dampen')} |"
+        )
     lines += [
         "",
         "## Peak memory of one pass (objective l2)",

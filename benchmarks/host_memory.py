@@ -44,36 +44,13 @@ from lfssd_tutorial.data import make_loader  # noqa: E402
 from lfssd_tutorial.experiments import _model_factory, load_config, load_data  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_importance import hardware, host_name  # noqa: E402
+from bench_importance import hardware, host_name, proc_kib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _kib(pid: int | str, field: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _mib(kib: int | None) -> float | None:
     return None if kib is None else round(kib / 1024, 1)
-
-
-def _pss_kib(pid: int | str) -> int | None:
-    """Proportional set size: resident memory with each shared page split among its sharers."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _worker_pids(iterator) -> list[int]:
@@ -94,18 +71,18 @@ def measure_data(loader, max_batches: int | None, log) -> dict:
         batches += 1
         shape = shape or list(x.shape)
         for pid in pids:  # read while the workers are alive
-            v = _kib(pid, "VmHWM")
+            v = proc_kib("VmHWM", pid)
             if v is not None:
                 worker_peaks[pid] = max(worker_peaks.get(pid, 0), v)
         if batches % 20 == 1:  # the whole footprint, shared pages counted once
-            sizes = [_pss_kib(pid) for pid in ["self", *pids]]
+            sizes = [proc_kib("Pss", pid, "smaps_rollup") for pid in ["self", *pids]]
             if all(v is not None for v in sizes):
                 pss_peak = max(pss_peak, sum(sizes))
         if batches % 100 == 0:
-            log(f"  data: {images:,} images, main process peak {_mib(_kib('self', 'VmHWM'))} MiB")
+            log(f"  data: {images:,} images, main process peak {_mib(proc_kib('VmHWM', 'self'))} MiB")
         if max_batches is not None and batches >= max_batches:
             break
-    main_peak = _kib("self", "VmHWM")
+    main_peak = proc_kib("VmHWM", "self")
     del it
     workers = [_mib(v) for v in worker_peaks.values()]
     total = (main_peak or 0) + sum(worker_peaks.values())
@@ -151,7 +128,7 @@ def measure_model(config, data, device: torch.device, steps: int, batch_size: in
         loss.backward()
         opt.step()
         done += 1
-        log(f"  model: step {done}/{steps}, loss {loss.item():.3f}, main process peak {_mib(_kib('self', 'VmHWM'))} MiB")
+        log(f"  model: step {done}/{steps}, loss {loss.item():.3f}, main process peak {_mib(proc_kib('VmHWM', 'self'))} MiB")
         if done >= steps:
             break
     out = {
@@ -160,7 +137,7 @@ def measure_model(config, data, device: torch.device, steps: int, batch_size: in
         "weights": weights,
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": round(time.perf_counter() - t0, 1),
-        "main_peak_MiB": _mib(_kib("self", "VmHWM")),
+        "main_peak_MiB": _mib(proc_kib("VmHWM", "self")),
     }
     if device.type == "cuda":
         out["gpu_peak_MiB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -199,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"{config.name}: {config.data.dataset}, model {config.model.name}, batch {config.data.batch_size}, "
         f"{workers} worker processes, device {device}")
-    base = _mib(_kib("self", "VmRSS"))
+    base = _mib(proc_kib("VmRSS", "self"))
     data = load_data(config, augment=True)
-    log(f"  loaded {len(data.train):,} training images; main process RSS {_mib(_kib('self', 'VmRSS'))} MiB")
+    log(f"  loaded {len(data.train):,} training images; main process RSS {_mib(proc_kib('VmRSS', 'self'))} MiB")
     loader = make_loader(data.train, batch_size=config.data.batch_size, shuffle=True, num_workers=workers,
                          pin_memory=device.type == "cuda")
     result = {

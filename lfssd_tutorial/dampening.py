@@ -242,7 +242,7 @@ def _scan(full: torch.Tensor, forget: torch.Tensor, alpha: float):
     return selected, zero, ratio
 
 
-def _per_tensor(params, fulls, forgets, alpha, lambda_):
+def _scan_and_edit(params, fulls, forgets, alpha, lambda_):
     """Scan and edit parameter by parameter; two synchronisations in all."""
     stats, masks = [], []
     for p, full, forget in zip(params, fulls, forgets):
@@ -300,14 +300,8 @@ def select_and_dampen_(
 def _dampen(model, full_importance, forget_importance, alpha, lambda_, *, warn: bool, stacklevel: int) -> DampeningReport:
     """:func:`select_and_dampen_` on arguments that are already validated.
 
-    ``stacklevel`` of the warning counts from here: 3 is the caller's caller. Not decorated
-    with ``torch.no_grad`` (a decorator would add a frame), so gradient mode is set inside.
+    ``stacklevel`` of the warning counts from here (3: the caller of the public function).
     """
-    with torch.no_grad():
-        return _dampen_no_grad(model, full_importance, forget_importance, alpha, lambda_, warn=warn, stacklevel=stacklevel + 1)
-
-
-def _dampen_no_grad(model, full_importance, forget_importance, alpha, lambda_, *, warn: bool, stacklevel: int) -> DampeningReport:
     report = DampeningReport(alpha=float(alpha), lambda_=float(lambda_))
     names, params, fulls, forgets = [], [], [], []
     for name, p in model.named_parameters():
@@ -316,7 +310,8 @@ def _dampen_no_grad(model, full_importance, forget_importance, alpha, lambda_, *
             params.append(p)
             fulls.append(full_importance[name].to(device=p.device, dtype=torch.float32))
             forgets.append(forget_importance[name].to(device=p.device, dtype=torch.float32))
-    values, changed = _per_tensor(params, fulls, forgets, float(alpha), float(lambda_))
+    with torch.no_grad():
+        values, changed = _scan_and_edit(params, fulls, forgets, float(alpha), float(lambda_))
     best_ratio, best_name = 0.0, None
     for name, p, (n_selected, n_unbounded, ratio) in zip(names, params, values):
         report.numel[name] = p.numel()

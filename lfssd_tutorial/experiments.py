@@ -576,6 +576,11 @@ def build_split_loaders(
     )
 
 
+def _channels_last(config: ExperimentConfig, device: torch.device) -> bool:
+    """ResNets on CUDA run in channels_last memory format (models, and inputs of importance passes)."""
+    return device.type == "cuda" and config.model.family == "resnet"
+
+
 def _model_factory(config: ExperimentConfig, data: DataBundle, device: torch.device) -> Callable[[], nn.Module]:
     def factory() -> nn.Module:
         kwargs = dict(config.model.options)
@@ -592,7 +597,7 @@ def _model_factory(config: ExperimentConfig, data: DataBundle, device: torch.dev
         else:
             model = build_model(config.model.name, data.num_classes, in_channels=in_channels, **kwargs)
         model = model.to(device)
-        if device.type == "cuda" and config.model.family == "resnet":
+        if _channels_last(config, device):
             model = model.to(memory_format=torch.channels_last)
         return model
 
@@ -886,12 +891,12 @@ def run_forget(
                     seconds = info.get("wall_seconds")
                 elif spec.dampening:
                     alpha = config.alpha_of(spec)
-                    cuda = device.type == "cuda"
+                    bf16 = device.type == "cuda" and bcfg.importance_bf16 and spec.granularity == "batch"
                     model, report = dampening_method(
                         original_model, loaders, method=spec.method, alpha=alpha, lambda_=spec.lambda_,
                         granularity=spec.granularity, device=device, progress=progress,
-                        autocast_dtype=torch.bfloat16 if cuda and bcfg.importance_bf16 and spec.granularity == "batch" else None,
-                        channels_last=cuda and config.model.family == "resnet",
+                        autocast_dtype=torch.bfloat16 if bf16 else None,
+                        channels_last=_channels_last(config, device),
                     )
                     seconds = time.perf_counter() - t0
                     extra = {
