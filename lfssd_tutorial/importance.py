@@ -224,7 +224,11 @@ def compute_importance(
         raise ValueError("the loader yielded no data: cannot estimate importance over an empty set")
     torch._foreach_div_(acc, float(count))
     result = dict(zip(params.keys(), acc))
-    check_importance(result, name="computed importance")
+    # Sums of squares or absolute values are >= 0 by construction: only NaN or inf (a
+    # model that overflows) can go wrong, and the largest element of each tensor shows it.
+    filled = [a for a in acc if a.numel()]
+    if filled and not bool(torch.stack(torch._foreach_max(filled)).isfinite().all()):
+        check_importance(result, name="computed importance")  # names the first bad entry
     return result
 
 
@@ -337,14 +341,27 @@ def _sample_importance(model, params, loader, objective, need_labels, prepare, p
     return acc, n_samples
 
 
+# Tensors below this size are checked together (one concatenation, one reduction) rather
+# than one by one: for a model of many small tensors the per-operation cost dominates.
+_SMALL_NUMEL = 2**16
+
+
 def _all_finite_nonnegative(values: Iterable[torch.Tensor]) -> bool:
     """True when every element of every tensor is finite and >= 0, with one synchronisation.
 
     Per tensor, the smallest and largest elements suffice (one ``aminmax`` pass): NaN
     propagates to both, ``-inf`` and negatives show in the minimum, ``+inf`` in the maximum.
+    Small tensors are concatenated (per device) and reduced at once.
     """
     try:
-        extremes = [torch.stack(torch.aminmax(v)).float() for v in values if v.numel()]
+        large, small = [], {}
+        for v in values:
+            if v.numel() >= _SMALL_NUMEL:
+                large.append(v)
+            elif v.numel():
+                small.setdefault(v.device, []).append(v.detach().reshape(-1).float())
+        parts = [torch.cat(group) for group in small.values()] + large
+        extremes = [torch.stack(torch.aminmax(v)).float() for v in parts]
         if not extremes:
             return True
         device = extremes[0].device

@@ -43,3 +43,27 @@ def test_host_memory_script_on_synthetic_cifar100(tmp_path):
     model = result["model_steps"]
     assert model["steps"] == 2 and model["batch_size"] == 4 and model["main_peak_MiB"] >= data["main_peak_MiB"]
     assert "peak RSS" in proc.stdout
+
+
+def test_importance_benchmark_runs_on_the_digits_cnn(tmp_path):
+    """One repetition on the small CNN: every ratio of the report is there, the estimators agree."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_importance.py"), "--models", "small_cnn", "--reps", "1",
+         "--no-memory", "--threads", "1", "--out", str(tmp_path), "--host", "test"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench-test.json").read_text())
+    assert result["reps"] == 1 and result["precision_reps"] == 1
+    for objective in ("l2", "fisher"):
+        o = result["models"]["small_cnn"]["objectives"][objective]
+        assert o["correctness"]["allclose"]
+        for key in ("importance_vs_floor", "importance_vs_reference", "sample_vs_batch", "forget_inplace_vs_floor_Df",
+                    "forget_cached_vs_floor_Df", "model_copy_vs_floor_Df", "dampen_vs_importance_Df",
+                    "accumulate_vs_reference", "bf16_vs_fp32", "channels_last_vs_default"):
+            assert o["ratios"][key] > 0, key
+            low, high = o["ratio_ranges"][key]
+            assert low == high == o["ratios"][key]  # one repetition
+        assert 0 < o["precision"]["bf16_autocast"]["rel_l1"] < 0.05
+    md = (tmp_path / "bench-test.md").read_text()
+    assert "## The accumulation step alone" in md and "importance / reference loop (≤1.0x)" in md

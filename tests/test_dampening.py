@@ -164,17 +164,26 @@ class Mixed(nn.Module):
         self.transposed = nn.Parameter(torch.randn(40, 30, generator=g).t())
         self.wide = nn.Parameter(torch.randn(500, generator=g, dtype=torch.float64))
         self.scalar = nn.Parameter(torch.randn((), generator=g))
+        self.bias = nn.Parameter(torch.randn(7, generator=g))
         self.empty = nn.Parameter(torch.zeros(0, 3))
         self.frozen = nn.Parameter(torch.randn(10, generator=g), requires_grad=False)
 
 
-@pytest.mark.parametrize("sparse_fraction", [0.0, 0.125, 1.1])  # always dense, the default, always by index
+# Groups: the default (the small parameters concatenated), every parameter cut into pieces
+# of 50, a mix (large parameters cut into pieces of 1000, the small ones concatenated), and
+# small groups; counts by float32 sums, or by float64 sums.
+@pytest.mark.parametrize(
+    "group_numel,small_numel,exact_float32_count",
+    [(2**20, 2**16, 2**24), (50, 1, 1), (1000, 600, 2**24), (777, 2**16, 1)],
+)
 @pytest.mark.parametrize("alpha,lambda_,spike", [(2.0, 1.0, 0.002), (2.0, 0.7, 0.05), (0.5, 1.0, 0.0), (1.0, 3.0, 0.3)])
-def test_fast_paths_equal_naive_bit_for_bit(monkeypatch, sparse_fraction, alpha, lambda_, spike):
-    """The index (sparse) and masked (dense) edits give exactly the naive weights, counts and ratios."""
+def test_fast_paths_equal_naive_bit_for_bit(monkeypatch, group_numel, small_numel, exact_float32_count, alpha, lambda_, spike):
+    """The grouped, float-arithmetic selection and edit give exactly the naive weights, counts and ratios."""
     import lfssd_tutorial.dampening as dampening
 
-    monkeypatch.setattr(dampening, "_SPARSE_FRACTION", sparse_fraction)
+    monkeypatch.setattr(dampening, "_GROUP_NUMEL", group_numel)
+    monkeypatch.setattr(dampening, "_SMALL_NUMEL", small_numel)
+    monkeypatch.setattr(dampening, "_EXACT_FLOAT32_COUNT", exact_float32_count)
     model = Mixed()
     assert not model.transposed.is_contiguous()
     g = torch.Generator().manual_seed(5)
@@ -188,6 +197,8 @@ def test_fast_paths_equal_naive_bit_for_bit(monkeypatch, sparse_fraction, alpha,
         forget[n] = f
     full["big"].view(-1)[:7] = 0.0  # Imp_D = 0: unbounded where Imp_Df > 0
     forget["big"].view(-1)[:3] = 0.0  # ... and 0/0 where both are zero
+    full["wide"][:2] = 1e-45  # a subnormal Imp_D: Imp_Df / Imp_D overflows float32 (unbounded) ...
+    forget["wide"][:2] = torch.tensor([1.0, 1e-45])  # ... where Imp_Df = 1, a ratio of 1 where Imp_Df = Imp_D
     before = {n: p.detach().clone() for n, p in params.items()}
     expected, selected, changed = _naive_select_and_dampen(before, full, forget, alpha, lambda_)
     with warnings.catch_warnings():
@@ -197,8 +208,15 @@ def test_fast_paths_equal_naive_bit_for_bit(monkeypatch, sparse_fraction, alpha,
         assert p.dtype == before[n].dtype and p.shape == before[n].shape
         assert torch.equal(p.detach(), expected[n]), n
     assert report.selected == selected and report.changed == changed
-    assert report.unbounded == 4
+    assert report.unbounded == 5
     assert report.max_ratio == max_importance_ratio(full, forget)
+    tops = {}
+    for n in params:
+        ratio = (forget[n] / full[n]).flatten()
+        if torch.isfinite(ratio).any():
+            tops[n] = float(ratio[torch.isfinite(ratio)].max())
+    assert report.max_ratio == max(tops.values())
+    assert report.max_ratio_parameter == next(n for n in tops if tops[n] == report.max_ratio)
     assert torch.equal(model.frozen, Mixed().frozen)
 
 
