@@ -250,7 +250,7 @@ def floor_pass(model: nn.Module, batches: Batches, objective: str) -> None:
 
 
 def reference_loop(model: nn.Module, batches: Batches, objective: str) -> dict[str, torch.Tensor]:
-    """A straightforward loop in the style of the authors' code (SPEC section 2)."""
+    """A straightforward loop in the style of the authors' code."""
     model.eval()
     importances = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for x, y in batches:

@@ -51,12 +51,13 @@ class DampeningReport:
         numel: number of elements per parameter name.
         changed: number of elements whose value actually changed (selected, ``beta < 1``
             and not already zero).
-        max_ratio: the largest finite ``Imp_Df / Imp_D`` over elements with
-            ``Imp_D > 0``: any ``alpha >= max_ratio`` selects none of them. The ceiling
-            of SPEC section 3.
+        max_ratio: the largest finite ``Imp_Df / Imp_D`` (float32): any
+            ``alpha >= max_ratio`` selects none of those elements. This is the ceiling of
+            ``alpha`` discussed in chapter 7 of the book.
         max_ratio_parameter: the parameter holding that largest ratio.
-        unbounded: elements with ``Imp_D == 0 < Imp_Df`` (ratio infinite); they are
-            selected for every ``alpha`` and zeroed.
+        unbounded: elements whose ratio is infinite: ``Imp_D == 0 < Imp_Df`` (or an
+            ``Imp_D`` so small that the ratio overflows float32). They are selected for
+            every ``alpha`` and dampened to (nearly) zero.
     """
 
     alpha: float

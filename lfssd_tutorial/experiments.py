@@ -204,7 +204,7 @@ class ScenarioConfig:
 class MethodSpec:
     """One row of a results table: a method and, for SSD/LFSSD, its hyperparameters.
 
-    ``alpha`` ``None`` means the SPEC default for the model and scenario
+    ``alpha`` ``None`` means the papers' default for the model and scenario
     (:func:`default_alpha`). ``label`` defaults to a readable name.
     """
 
@@ -261,7 +261,7 @@ class ExperimentConfig:
 
 
 def default_alpha(method: str, model: str, scenario: str, dataset: str = "") -> float:
-    """The selection weighting alpha the papers use (SPEC section 3), lambda being 1.
+    """The selection weighting alpha the papers use, lambda being 1.
 
     SSD (the authors' code): ResNet-family models 10 in every scenario; ViT 5 full-class,
     25 sub-class, 10 random. LFSSD (as reported): 5 for CIFAR-20 full-class, 10 for other

@@ -1,4 +1,4 @@
-"""select_and_dampen_: SPEC section 3 on hand-made tensors, invariants, the report, bad input."""
+"""select_and_dampen_: the selection and dampening rule on hand-made tensors, invariants, the report, bad input."""
 
 import copy
 import warnings
@@ -143,7 +143,7 @@ def test_mismatched_importances():
 
 
 def _naive_select_and_dampen(params, full, forget, alpha, lambda_):
-    """SPEC section 3 written out element by element's tensor form, without any optimisation."""
+    """The selection and dampening rule in plain tensor form, without any optimisation."""
     out, selected, changed = {}, {}, {}
     for name, p in params.items():
         f, g = full[name].float(), forget[name].float()

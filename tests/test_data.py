@@ -22,8 +22,8 @@ from lfssd_tutorial.data import (
 
 from .fake_data import bypass_torchvision_checksums, write_cifar10, write_cifar100, write_image_folder
 
-# SPEC section 4: the five CIFAR-100 classes forgotten in the papers and their superclasses.
-SPEC_PAIRS = {
+# The five CIFAR-100 classes forgotten in the papers and their superclasses.
+PAPER_PAIRS = {
     "rocket": "vehicles_2",
     "mushroom": "fruit_and_vegetables",
     "baby": "people",
@@ -37,7 +37,7 @@ def test_cifar100_superclass_map():
     counts = np.bincount(CIFAR100_FINE_TO_COARSE, minlength=20)
     assert (counts == 5).all()  # every superclass holds exactly five classes
     more = {"apple": "fruit_and_vegetables", "bicycle": "vehicles_1", "whale": "aquatic_mammals", "oak_tree": "trees", "tractor": "vehicles_2", "woman": "people"}
-    for fine, coarse in {**SPEC_PAIRS, **more}.items():
+    for fine, coarse in {**PAPER_PAIRS, **more}.items():
         assert CIFAR100_COARSE_CLASSES[CIFAR100_FINE_TO_COARSE[CIFAR100_FINE_CLASSES.index(fine)]] == coarse
 
 
@@ -123,7 +123,7 @@ def test_cifar100_and_cifar20(tmp_path, monkeypatch):
     assert c100.num_classes == 100 and c100.classes[69] == "rocket"
     c20 = load_cifar20(tmp_path, augment=False)
     assert c20.num_classes == 20 and len(c20.train) == 200
-    for fine, coarse in SPEC_PAIRS.items():
+    for fine, coarse in PAPER_PAIRS.items():
         f = CIFAR100_FINE_CLASSES.index(fine)
         idx = np.flatnonzero(c20.train_fine == f)
         assert len(idx) == 2
