@@ -249,6 +249,13 @@ def floor_pass(model: nn.Module, batches: Batches, objective: str) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def accumulate_reference(acc: list[torch.Tensor], grads: list[torch.Tensor | None], objective: str) -> None:
+    """The reference loop's accumulation of one batch: a clone, a power or abs, an add, per parameter."""
+    for imp, g in zip(acc, grads):
+        if g is not None:
+            imp.data += g.data.clone().pow(2) if objective == "fisher" else g.data.clone().abs()
+
+
 def reference_loop(model: nn.Module, batches: Batches, objective: str) -> dict[str, torch.Tensor]:
     """A straightforward loop in the style of the authors' code."""
     model.eval()
@@ -261,12 +268,7 @@ def reference_loop(model: nn.Module, batches: Batches, objective: str) -> dict[s
         # differently (near-zero importances then differ beyond allclose's atol).
         loss = _objective(out, y, objective)
         loss.backward()
-        for (_, p), (_, imp) in zip(model.named_parameters(), importances.items()):
-            if p.grad is not None:
-                if objective == "fisher":
-                    imp.data += p.grad.data.clone().pow(2)
-                else:
-                    imp.data += p.grad.data.clone().abs()
+        accumulate_reference(list(importances.values()), [p.grad for p in model.parameters()], objective)
     for imp in importances.values():
         imp.data /= float(len(batches))
     model.zero_grad(set_to_none=True)
@@ -279,12 +281,6 @@ def batch_gradients(model: nn.Module, batches: Batches, objective: str) -> list[
     x, y = batches[0]
     params = [p for p in model.parameters() if p.requires_grad]
     return list(torch.autograd.grad(_objective(model(x), y, objective), params))
-
-
-def accumulate_reference(acc: list[torch.Tensor], grads: list[torch.Tensor], objective: str) -> None:
-    """The reference loop's accumulation of one batch: a clone, a power or abs, an add, per parameter."""
-    for imp, g in zip(acc, grads):
-        imp.data += g.data.clone().pow(2) if objective == "fisher" else g.data.clone().abs()
 
 
 def relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> dict:

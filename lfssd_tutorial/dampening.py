@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .importance import check_importance
+from .importance import _SMALL_NUMEL, _check_importances
 
 __all__ = [
     "DampeningReport",
@@ -157,8 +157,9 @@ def _to_list(tensors: list[torch.Tensor]) -> list[list[float]]:
 
 
 def _check_pair(model, full_importance, forget_importance):
-    check_importance(full_importance, model, name="full_importance (Imp_D)")
-    check_importance(forget_importance, model, name="forget_importance (Imp_Df)")
+    _check_importances(
+        [(full_importance, "full_importance (Imp_D)"), (forget_importance, "forget_importance (Imp_Df)")], model
+    )
 
 
 def importance_ratios(
@@ -207,9 +208,8 @@ def max_importance_ratio(
 # parameter is read in place, cut into groups of its own so that the intermediate results
 # of one group stay in the CPU's cache. Scratch buffers of one group's size are allocated
 # once per call and reused by every group.
+# Parameters with fewer than _SMALL_NUMEL elements are concatenated with their neighbours.
 _GROUP_NUMEL = 2**20
-# Parameters with fewer elements than this are concatenated with their neighbours.
-_SMALL_NUMEL = 2**16
 # Sums of 0/1 float32 values are exact integers up to 2**24; longer rows sum in float64.
 _EXACT_FLOAT32_COUNT = 2**24
 
@@ -293,34 +293,18 @@ def _groups(params: list[torch.Tensor]) -> list[_Group]:
     return groups
 
 
-class _Importances:
-    """The flat ``(Imp_D, Imp_Df)`` of each group: views for a single piece, copies (made
-    once, kept for the call) for a group of small parameters."""
-
-    def __init__(self, fulls, forgets):
-        self.fulls, self.forgets, self.pairs = fulls, forgets, {}
-
-    def of(self, group: _Group) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(group.pieces) == 1:
-            return group.flat(self.fulls, None), group.flat(self.forgets, None)
-        if id(group) not in self.pairs:
-            self.pairs[id(group)] = (group.flat(self.fulls, None), group.flat(self.forgets, None))
-        return self.pairs[id(group)]
-
-
-def _scan(groups: list[_Group], importances: _Importances, scratch: _Scratch, alpha: float):
+def _scan(groups: list[_Group], flats, scratch: _Scratch, alpha: float):
     """Per group: ``[#unselected, lowest ratio, largest finite ratio]``; the last group's
     ratios stay in the scratch buffer ``"ratio"``."""
     stats = []
-    for group in groups:
-        full, forget = importances.of(group)
+    for group, (full, forget) in zip(groups, flats):
         unselected = _counts(_unselected(full, forget, alpha, out=scratch.get("a", group.n)))
         lowest, top = torch.aminmax(_finite_ratio(full, forget, out=scratch.get("ratio", group.n)))
         stats.append(torch.stack([unselected, lowest, top]))  # float32, or float64 for huge groups
     return _to_list(stats)
 
 
-def _edit(flat_params, group: _Group, importances: _Importances, scratch: _Scratch, alpha, lambda_):
+def _edit(flat_params, group: _Group, full, forget, scratch: _Scratch, alpha, lambda_):
     """Dampen the selected elements of one group in place; per piece ``[#unselected, #unchanged]``.
 
     ``beta = min(lambda_ * Imp_D / Imp_Df, 1)`` is computed everywhere, its non-finite
@@ -329,7 +313,6 @@ def _edit(flat_params, group: _Group, importances: _Importances, scratch: _Scrat
     (``x * 1 == x`` bit for bit) and selected ones ``beta + 0 == beta``.
     """
     n = group.n
-    full, forget = importances.of(group)
     beta = scratch.get("beta", n)
     if lambda_ == 1:
         torch.div(full, forget, out=beta)
@@ -368,29 +351,31 @@ def _scan_and_edit(params, fulls, forgets, alpha, lambda_):
     if not groups:
         return selected, changed, 0, (0.0, None)
     fulls, forgets = [_flat_view(t) for t in fulls], [_flat_view(t) for t in forgets]
+    # (Imp_D, Imp_Df) of each group as flat vectors: views of a single piece, one copy for a
+    # group of small parameters (made once, kept for the call).
+    flats = [(group.flat(fulls, None), group.flat(forgets, None)) for group in groups]
     scratch = _Scratch(2 * max(g.n for g in groups), params[groups[0].pieces[0][0]].device)
-    importances = _Importances(fulls, forgets)
-    stats = _scan(groups, importances, scratch, alpha)
+    stats = _scan(groups, flats, scratch, alpha)
 
-    unbounded_in, best, where = set(), 0.0, None
+    unbounded_in, best, best_group = set(), 0.0, None
     for g, (group, (_, lowest, top)) in enumerate(zip(groups, stats)):
         if lowest < 0:
             unbounded_in.update(i for i, _, _ in group.pieces)
         if top > best:
-            best, where = top, g
+            best, best_group = top, g
     # Rare: some ratios are unbounded (-1 marks them). Such elements are selected for every
     # finite alpha; count them among the selected ones.
     unbounded = sum(
         int(torch.count_nonzero(torch.isinf(forgets[i] / fulls[i]) & (forgets[i] > fulls[i] * alpha)))
         for i in sorted(unbounded_in)
     )
-    if where is not None:
-        # The parameter holding the largest ratio (the first one if tied): the last group's
-        # ratios are still in the scratch buffer, any other group's are recomputed.
-        group = groups[where]
+    where = None  # the parameter holding the largest ratio (the first one if tied)
+    if best_group is not None:
+        # The last group's ratios are still in the scratch buffer; any other group's are recomputed.
+        group = groups[best_group]
         ratio = scratch.get("ratio", group.n)
-        if where != len(groups) - 1:
-            _finite_ratio(*importances.of(group), out=ratio)
+        if best_group != len(groups) - 1:
+            _finite_ratio(*flats[best_group], out=ratio)
         offset = int(ratio.argmax())
         for i, start, stop in group.pieces:
             if offset < stop - start:
@@ -398,14 +383,13 @@ def _scan_and_edit(params, fulls, forgets, alpha, lambda_):
                 break
             offset -= stop - start
 
-    # Edit from the last group backwards: its flat importances are usually still cached.
     # Non-contiguous parameters are edited in a contiguous copy, written back at the end.
     flat_params = [_flat_view(p) for p in params]
     pieces, counts = [], []
-    for group, (n_unselected, _, _) in reversed(list(zip(groups, stats))):
+    for group, (full, forget), (n_unselected, _, _) in zip(groups, flats, stats):
         if n_unselected < group.n:
             pieces.extend(group.pieces)
-            counts.extend(_edit(flat_params, group, importances, scratch, alpha, lambda_))
+            counts.extend(_edit(flat_params, group, full, forget, scratch, alpha, lambda_))
     edited = set()
     for (i, start, stop), (n_unselected, n_same) in zip(pieces, _to_list(counts)):
         selected[i] += stop - start - int(n_unselected)

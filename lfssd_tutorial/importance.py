@@ -341,8 +341,9 @@ def _sample_importance(model, params, loader, objective, need_labels, prepare, p
     return acc, n_samples
 
 
-# Tensors below this size are checked together (one concatenation, one reduction) rather
-# than one by one: for a model of many small tensors the per-operation cost dominates.
+# Tensors below this size are handled together (one concatenation, then one operation)
+# rather than one by one: for a model of many small tensors the per-operation cost
+# dominates. Used by the checks here and by the dampening.
 _SMALL_NUMEL = 2**16
 
 
@@ -383,33 +384,42 @@ def check_importance(
     and, when ``model`` is given, that its keys are exactly the names of the model's
     trainable parameters and every shape matches.
     """
-    if not isinstance(importance, Mapping) or len(importance) == 0:
-        raise ValueError(f"{name} must be a non-empty dict of tensors, got {type(importance).__name__}")
-    for key, value in importance.items():
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{name}[{key!r}] is a {type(value).__name__}, not a tensor")
-    if not _all_finite_nonnegative(importance.values()):
-        # Slow path, only on failure: name the first offending entry.
+    _check_importances([(importance, name)], model)
+
+
+def _check_importances(named: list[tuple[Mapping[str, torch.Tensor], str]], model: nn.Module | None) -> None:
+    """:func:`check_importance` for several ``(importance, name)`` pairs at once: one
+    reduction for all their values and one walk over the model's parameters."""
+    for importance, name in named:
+        if not isinstance(importance, Mapping) or len(importance) == 0:
+            raise ValueError(f"{name} must be a non-empty dict of tensors, got {type(importance).__name__}")
         for key, value in importance.items():
-            if not torch.isfinite(value).all():
-                raise ValueError(f"{name}[{key!r}] contains NaN or inf values")
-            if value.numel() and value.min() < 0:
-                raise ValueError(f"{name}[{key!r}] has negative values; importances are >= 0")
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name}[{key!r}] is a {type(value).__name__}, not a tensor")
+    if not _all_finite_nonnegative([v for importance, _ in named for v in importance.values()]):
+        # Slow path, only on failure: name the first offending entry.
+        for importance, name in named:
+            for key, value in importance.items():
+                if not torch.isfinite(value).all():
+                    raise ValueError(f"{name}[{key!r}] contains NaN or inf values")
+                if value.numel() and value.min() < 0:
+                    raise ValueError(f"{name}[{key!r}] has negative values; importances are >= 0")
     if model is None:
         return
     params = _trainable(model)
-    missing = [k for k in params if k not in importance]
-    extra = [k for k in importance if k not in params]
-    if missing:
-        raise ValueError(f"{name} is missing {len(missing)} parameter(s) of the model, e.g. {missing[:3]}")
-    if extra:
-        raise ValueError(f"{name} has {len(extra)} key(s) that are not trainable parameters of the model, e.g. {extra[:3]}")
-    for key, p in params.items():
-        if tuple(importance[key].shape) != tuple(p.shape):
-            raise ValueError(
-                f"{name}[{key!r}] has shape {tuple(importance[key].shape)}, "
-                f"but the parameter has shape {tuple(p.shape)}"
-            )
+    for importance, name in named:
+        missing = [k for k in params if k not in importance]
+        extra = [k for k in importance if k not in params]
+        if missing:
+            raise ValueError(f"{name} is missing {len(missing)} parameter(s) of the model, e.g. {missing[:3]}")
+        if extra:
+            raise ValueError(f"{name} has {len(extra)} key(s) that are not trainable parameters of the model, e.g. {extra[:3]}")
+        for key, p in params.items():
+            if tuple(importance[key].shape) != tuple(p.shape):
+                raise ValueError(
+                    f"{name}[{key!r}] has shape {tuple(importance[key].shape)}, "
+                    f"but the parameter has shape {tuple(p.shape)}"
+                )
 
 
 def save_importance(
