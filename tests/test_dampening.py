@@ -140,6 +140,13 @@ def test_mismatched_importances():
     nan["classifier.bias"] = torch.full_like(full["classifier.bias"], float("nan"))
     with pytest.raises(ValueError, match="NaN or inf"):
         select_and_dampen_(model, full, nan, alpha=1.0, lambda_=1.0)
+    # Both dicts are checked together; the error still names the dict and the entry.
+    with pytest.raises(ValueError, match=r"forget_importance \(Imp_Df\)\['classifier.bias'\] contains NaN or inf"):
+        select_and_dampen_(model, full, nan, alpha=1.0, lambda_=1.0)
+    negative = dict(full)
+    negative["features.0.weight"] = -torch.ones_like(full["features.0.weight"])
+    with pytest.raises(ValueError, match=r"full_importance \(Imp_D\)\['features.0.weight'\] has negative values"):
+        select_and_dampen_(model, negative, full, alpha=1.0, lambda_=1.0)
 
 
 def _naive_select_and_dampen(params, full, forget, alpha, lambda_):
