@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .importance import _SMALL_NUMEL, _check_importances
+from .importance import _SMALL_NUMEL, _check_importances, _name_bad_values
 
 __all__ = [
     "DampeningReport",
@@ -52,8 +52,10 @@ class DampeningReport:
         changed: number of elements whose value actually changed (selected, ``beta < 1``
             and not already zero).
         max_ratio: the largest finite ``Imp_Df / Imp_D`` (float32): any
-            ``alpha >= max_ratio`` selects none of those elements. This is the ceiling of
-            ``alpha`` discussed in chapter 7 of the book.
+            ``alpha >= max_ratio`` selects none of those elements (up to float32 rounding:
+            the selection compares ``Imp_Df`` with ``alpha * Imp_D``, and the two forms can
+            differ by a relative 2**-22). This is the ceiling of ``alpha`` discussed in
+            chapter 7 of the book.
         max_ratio_parameter: the parameter holding that largest ratio.
         unbounded: elements whose ratio is infinite: ``Imp_D == 0 < Imp_Df`` (or an
             ``Imp_D`` so small that the ratio overflows float32). They are selected for
@@ -148,18 +150,12 @@ def check_hyperparameters(alpha: float, lambda_: float) -> None:
         raise ValueError(f"lambda_ (dampening constant) must be >= 0, got {lambda_}")
 
 
-def _to_list(tensors: list[torch.Tensor]) -> list[list[float]]:
-    """Rows of small tensors as Python lists, with one device-to-host copy."""
+def _to_list(tensors: list[torch.Tensor]) -> list[float]:
+    """Small tensors, flattened and concatenated, as one Python list (one device-to-host copy)."""
     if not tensors:
         return []
     device = tensors[0].device
-    return torch.stack([t.to(device) for t in tensors]).tolist()
-
-
-def _check_pair(model, full_importance, forget_importance):
-    _check_importances(
-        [(full_importance, "full_importance (Imp_D)"), (forget_importance, "forget_importance (Imp_Df)")], model
-    )
+    return torch.cat([t.reshape(-1).to(device) for t in tensors]).tolist()
 
 
 def importance_ratios(
@@ -208,10 +204,21 @@ def max_importance_ratio(
 # parameter is read in place, cut into groups of its own so that the intermediate results
 # of one group stay in the CPU's cache. Scratch buffers of one group's size are allocated
 # once per call and reused by every group.
+#
+# Two passes. The scan reads every group once: the ratios Imp_Df / Imp_D (their extremes
+# give the ceiling of alpha and show whether the group can hold a selected element) and,
+# when asked, the extremes of the importances themselves (the check for NaN, inf and
+# negative values, made before any weight changes). The edit then visits only the groups
+# that may hold a selected element, and counts exactly there.
 # Parameters with fewer than _SMALL_NUMEL elements are concatenated with their neighbours.
 _GROUP_NUMEL = 2**20
 # Sums of 0/1 float32 values are exact integers up to 2**24; longer rows sum in float64.
 _EXACT_FLOAT32_COUNT = 2**24
+# A group is edited when its largest ratio reaches alpha * (1 - _ROUNDING_MARGIN). Where
+# Imp_Df > alpha * Imp_D (the selection, in float32) the float32 quotient Imp_Df / Imp_D is
+# above alpha * (1 - 2**-22) (three roundings of at most 2**-24 each, alpha itself rounded
+# to float32 among them): no group left out can hold a selected element.
+_ROUNDING_MARGIN = 2**-20
 
 
 def _finite_ratio(full: torch.Tensor, forget: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -259,13 +266,17 @@ class _Group:
         self.pieces.append((i, start, stop))
         self.n += stop - start
 
+    def parts(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The pieces of ``tensors`` (flat vectors): the whole vector where a piece is one."""
+        return [tensors[i] if stop - start == tensors[i].shape[0] else tensors[i][start:stop] for i, start, stop in self.pieces]
+
     def flat(self, tensors: list[torch.Tensor], out: torch.Tensor | None) -> torch.Tensor:
         """The pieces of ``tensors`` (flat vectors) as one vector: a view for a single
         piece, otherwise a copy (into ``out`` if given)."""
         if len(self.pieces) == 1:
             i, start, stop = self.pieces[0]
             return tensors[i][start:stop]
-        return torch.cat([tensors[i][start:stop] for i, start, stop in self.pieces], out=out)
+        return torch.cat(self.parts(tensors), out=out)
 
     def sizes(self) -> list[int]:
         return [stop - start for _, start, stop in self.pieces]
@@ -293,45 +304,61 @@ def _groups(params: list[torch.Tensor]) -> list[_Group]:
     return groups
 
 
-def _scan(groups: list[_Group], flats, scratch: _Scratch, alpha: float):
-    """Per group: ``[#unselected, lowest ratio, largest finite ratio]``; the last group's
-    ratios stay in the scratch buffer ``"ratio"``."""
-    stats = []
-    for group, (full, forget) in zip(groups, flats):
-        unselected = _counts(_unselected(full, forget, alpha, out=scratch.get("a", group.n)))
-        lowest, top = torch.aminmax(_finite_ratio(full, forget, out=scratch.get("ratio", group.n)))
-        stats.append(torch.stack([unselected, lowest, top]))  # float32, or float64 for huge groups
-    return _to_list(stats)
+def _group_importances(group: _Group, fulls, forgets) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """``(Imp_D, Imp_Df)`` of one group as flat vectors, and the vectors that hold them:
+    views for a single piece; for several, one copy of both (kept for the call)."""
+    if len(group.pieces) == 1:
+        full, forget = group.flat(fulls, None), group.flat(forgets, None)
+        return full, forget, [full, forget]
+    both = torch.cat(group.parts(fulls) + group.parts(forgets))
+    return both[: group.n], both[group.n :], [both]
+
+
+def _scan(groups: list[_Group], fulls, forgets, scratch: _Scratch, check: bool):
+    """Per group: ``(Imp_D, Imp_Df)`` as flat vectors, and ``[lowest ratio, largest finite
+    ratio]`` followed, if ``check``, by the smallest and largest importance values (per
+    vector returned by :func:`_group_importances`). The last group's ratios stay in the
+    scratch buffer ``"ratio"``."""
+    flats, stats = [], []
+    for group in groups:
+        full, forget, stored = _group_importances(group, fulls, forgets)
+        flats.append((full, forget))
+        row = list(torch.aminmax(_finite_ratio(full, forget, out=scratch.get("ratio", group.n))))
+        if check:
+            row.extend(m for v in stored for m in torch.aminmax(v))
+        stats.append(torch.stack(row))
+    values, rows, k = _to_list(stats), [], 0
+    for row in stats:
+        rows.append(values[k : k + len(row)])
+        k += len(row)
+    return flats, rows
 
 
 def _edit(flat_params, group: _Group, full, forget, scratch: _Scratch, alpha, lambda_):
-    """Dampen the selected elements of one group in place; per piece ``[#unselected, #unchanged]``.
+    """Dampen the selected elements of one group in place; per piece, ``[#unselected,
+    #unchanged]`` (one tensor of shape ``(pieces, 2)``).
 
-    ``beta = min(lambda_ * Imp_D / Imp_Df, 1)`` is computed everywhere, its non-finite
-    values (only where ``Imp_Df = 0``, never selected) set to 1, then 2 is added where the
-    element is not selected and the result clamped at 1: unselected elements get exactly 1
-    (``x * 1 == x`` bit for bit) and selected ones ``beta + 0 == beta``.
+    ``beta = lambda_ * Imp_D / Imp_Df`` is computed everywhere with 1 added where the
+    element is not selected, then clamped at 1 and its NaN (``0 / 0``, never selected) set
+    to 1: unselected elements get exactly 1 (``x * 1 == x`` bit for bit) and selected ones
+    ``min(0 + beta, 1) == min(beta, 1)``.
     """
     n = group.n
-    beta = scratch.get("beta", n)
-    if lambda_ == 1:
-        torch.div(full, forget, out=beta)
-    else:
-        torch.mul(full, lambda_, out=beta).div_(forget)
-    beta.nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0)
     # Row 0: 1 where not selected; row 1: 1 where the weight keeps its value.
     flags = scratch.get("flags", 2 * n).view(2, n)
-    beta.add_(_unselected(full, forget, alpha, out=flags[0]), alpha=2.0).clamp_(max=1.0)
+    unselected = _unselected(full, forget, alpha, out=flags[0])
+    beta = scratch.get("beta", n)
+    numerator = full if lambda_ == 1 else torch.mul(full, lambda_, out=beta)
+    torch.addcdiv(unselected, numerator, forget, out=beta).clamp_(max=1.0).nan_to_num_(nan=1.0)
     dtype = flat_params[group.pieces[0][0]].dtype
     old = group.flat(flat_params, scratch.get("param", n, dtype))
     new = torch.mul(old, beta if dtype == torch.float32 else beta.to(dtype), out=scratch.get("new", n, dtype))
     torch.eq(new, old, out=flags[1])
     if len(group.pieces) == 1:
         old.copy_(new)  # old is a view of the parameter itself
-        return [_counts(flags)]
-    sizes = group.sizes()
-    torch._foreach_copy_([flat_params[i][start:stop] for i, start, stop in group.pieces], list(new.split(sizes)))
-    return [_counts(f) for f in flags.split(sizes, dim=1)]
+        return _counts(flags).view(1, 2)
+    torch._foreach_copy_(group.parts(flat_params), list(new.split(group.sizes())))
+    return torch.stack([_counts(f) for f in flags.split(group.sizes(), dim=1)])
 
 
 def _flat_view(t: torch.Tensor) -> torch.Tensor:
@@ -339,8 +366,13 @@ def _flat_view(t: torch.Tensor) -> torch.Tensor:
     return t.view(-1) if t.is_contiguous() else t.contiguous().view(-1)
 
 
-def _scan_and_edit(params, fulls, forgets, alpha, lambda_):
-    """Scan every group, then edit the groups with selected elements; two synchronisations.
+def _scan_and_edit(params, fulls, forgets, alpha, lambda_, check=None):
+    """Scan every group, then edit the groups that may hold selected elements; two
+    synchronisations.
+
+    ``check``: ``None`` when the importances are known to be finite and >= 0; otherwise a
+    function that raises a ``ValueError`` naming the entry with a NaN, inf or negative
+    value, called (before any weight changes) when the scan finds one.
 
     Returns ``(selected, changed, unbounded, best)``: per-parameter counts of selected and
     changed elements, the number of unbounded elements, and ``(largest finite ratio,
@@ -351,14 +383,17 @@ def _scan_and_edit(params, fulls, forgets, alpha, lambda_):
     if not groups:
         return selected, changed, 0, (0.0, None)
     fulls, forgets = [_flat_view(t) for t in fulls], [_flat_view(t) for t in forgets]
-    # (Imp_D, Imp_Df) of each group as flat vectors: views of a single piece, one copy for a
-    # group of small parameters (made once, kept for the call).
-    flats = [(group.flat(fulls, None), group.flat(forgets, None)) for group in groups]
     scratch = _Scratch(2 * max(g.n for g in groups), params[groups[0].pieces[0][0]].device)
-    stats = _scan(groups, flats, scratch, alpha)
+    flats, stats = _scan(groups, fulls, forgets, scratch, check is not None)
+    if check is not None and not all(0 <= v < math.inf for row in stats for v in row[2:]):
+        check()
+        raise ValueError(
+            "an importance value overflows float32 (the dampening computes in float32); "
+            "rescale the importances or give them in float32"
+        )
 
     unbounded_in, best, best_group = set(), 0.0, None
-    for g, (group, (_, lowest, top)) in enumerate(zip(groups, stats)):
+    for g, (group, (lowest, top, *_)) in enumerate(zip(groups, stats)):
         if lowest < 0:
             unbounded_in.update(i for i, _, _ in group.pieces)
         if top > best:
@@ -373,29 +408,33 @@ def _scan_and_edit(params, fulls, forgets, alpha, lambda_):
     if best_group is not None:
         # The last group's ratios are still in the scratch buffer; any other group's are recomputed.
         group = groups[best_group]
-        ratio = scratch.get("ratio", group.n)
-        if best_group != len(groups) - 1:
-            _finite_ratio(*flats[best_group], out=ratio)
-        offset = int(ratio.argmax())
-        for i, start, stop in group.pieces:
-            if offset < stop - start:
-                where = i
-                break
-            offset -= stop - start
+        where = group.pieces[0][0]
+        if len(group.pieces) > 1:
+            ratio = scratch.get("ratio", group.n)
+            if best_group != len(groups) - 1:
+                _finite_ratio(*flats[best_group], out=ratio)
+            offset = int(ratio.argmax())
+            for i, start, stop in group.pieces:
+                if offset < stop - start:
+                    where = i
+                    break
+                offset -= stop - start
 
+    # Only a group whose largest ratio reaches alpha (less a rounding margin), or that holds
+    # an unbounded ratio, can hold a selected element: the others are left as they are.
     # Non-contiguous parameters are edited in a contiguous copy, written back at the end.
+    threshold = alpha * (1 - _ROUNDING_MARGIN)
     flat_params = [_flat_view(p) for p in params]
     pieces, counts = [], []
-    for group, (full, forget), (n_unselected, _, _) in zip(groups, flats, stats):
-        if n_unselected < group.n:
+    for group, (full, forget), (lowest, top, *_) in zip(groups, flats, stats):
+        if lowest < 0 or top >= threshold:
             pieces.extend(group.pieces)
-            counts.extend(_edit(flat_params, group, full, forget, scratch, alpha, lambda_))
-    edited = set()
-    for (i, start, stop), (n_unselected, n_same) in zip(pieces, _to_list(counts)):
-        selected[i] += stop - start - int(n_unselected)
-        changed[i] += stop - start - int(n_same)
-        edited.add(i)
-    for i in edited:
+            counts.append(_edit(flat_params, group, full, forget, scratch, alpha, lambda_))
+    values = _to_list(counts)
+    for k, (i, start, stop) in enumerate(pieces):
+        selected[i] += stop - start - int(values[2 * k])
+        changed[i] += stop - start - int(values[2 * k + 1])
+    for i in {i for i, _, _ in pieces}:
         if not params[i].is_contiguous():
             params[i].copy_(flat_params[i].view(params[i].shape))
     return selected, changed, unbounded, (best, where)
@@ -430,13 +469,23 @@ def select_and_dampen_(
             wrong shapes, negative or non-finite values.
     """
     check_hyperparameters(alpha, lambda_)
-    _check_pair(model, full_importance, forget_importance)
-    return _dampen(model, full_importance, forget_importance, alpha, lambda_, warn=warn, stacklevel=3)
+    named = [(full_importance, "full_importance (Imp_D)"), (forget_importance, "forget_importance (Imp_Df)")]
+    # Keys, shapes and types here; the values (NaN, inf, negative) are checked by the
+    # dampening's first pass over them, before any weight changes.
+    _check_importances(named, model, values=False)
+    return _dampen(
+        model, full_importance, forget_importance, alpha, lambda_, warn=warn, stacklevel=3,
+        check=lambda: _name_bad_values(named),
+    )
 
 
-def _dampen(model, full_importance, forget_importance, alpha, lambda_, *, warn: bool, stacklevel: int) -> DampeningReport:
-    """:func:`select_and_dampen_` on arguments that are already validated.
+def _dampen(
+    model, full_importance, forget_importance, alpha, lambda_, *, warn: bool, stacklevel: int, check=None
+) -> DampeningReport:
+    """:func:`select_and_dampen_` on importances whose keys and shapes are already checked.
 
+    ``check``: ``None`` when their values are checked too; otherwise called to name the bad
+    entry if the first pass finds a NaN, inf or negative value (see :func:`_scan_and_edit`).
     ``stacklevel`` of the warning counts from here (3: the caller of the public function).
     """
     report = DampeningReport(alpha=float(alpha), lambda_=float(lambda_))
@@ -445,11 +494,12 @@ def _dampen(model, full_importance, forget_importance, alpha, lambda_, *, warn: 
         if p.requires_grad:
             names.append(name)
             params.append(p)
-            fulls.append(full_importance[name].to(device=p.device, dtype=torch.float32))
-            forgets.append(forget_importance[name].to(device=p.device, dtype=torch.float32))
+            for source, out in ((full_importance, fulls), (forget_importance, forgets)):
+                t = source[name]
+                out.append(t if t.dtype == torch.float32 and t.device == p.device else t.to(p.device, torch.float32))
     with torch.no_grad():
         selected, changed, unbounded, (best_ratio, best) = _scan_and_edit(
-            params, fulls, forgets, float(alpha), float(lambda_)
+            params, fulls, forgets, float(alpha), float(lambda_), check
         )
     for i, (name, p) in enumerate(zip(names, params)):
         report.numel[name] = p.numel()

@@ -387,23 +387,23 @@ def check_importance(
     _check_importances([(importance, name)], model)
 
 
-def _check_importances(named: list[tuple[Mapping[str, torch.Tensor], str]], model: nn.Module | None) -> None:
+def _check_importances(
+    named: list[tuple[Mapping[str, torch.Tensor], str]], model: nn.Module | None, *, values: bool = True
+) -> None:
     """:func:`check_importance` for several ``(importance, name)`` pairs at once: one
-    reduction for all their values and one walk over the model's parameters."""
+    reduction for all their values and one walk over the model's parameters.
+
+    ``values=False`` checks only the types, keys and shapes; the caller then checks the
+    values itself (:func:`_name_bad_values` names the offending entry).
+    """
     for importance, name in named:
         if not isinstance(importance, Mapping) or len(importance) == 0:
             raise ValueError(f"{name} must be a non-empty dict of tensors, got {type(importance).__name__}")
         for key, value in importance.items():
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"{name}[{key!r}] is a {type(value).__name__}, not a tensor")
-    if not _all_finite_nonnegative([v for importance, _ in named for v in importance.values()]):
-        # Slow path, only on failure: name the first offending entry.
-        for importance, name in named:
-            for key, value in importance.items():
-                if not torch.isfinite(value).all():
-                    raise ValueError(f"{name}[{key!r}] contains NaN or inf values")
-                if value.numel() and value.min() < 0:
-                    raise ValueError(f"{name}[{key!r}] has negative values; importances are >= 0")
+    if values and not _all_finite_nonnegative([v for importance, _ in named for v in importance.values()]):
+        _name_bad_values(named)
     if model is None:
         return
     params = _trainable(model)
@@ -420,6 +420,17 @@ def _check_importances(named: list[tuple[Mapping[str, torch.Tensor], str]], mode
                     f"{name}[{key!r}] has shape {tuple(importance[key].shape)}, "
                     f"but the parameter has shape {tuple(p.shape)}"
                 )
+
+
+def _name_bad_values(named: list[tuple[Mapping[str, torch.Tensor], str]]) -> None:
+    """Raise a ``ValueError`` naming the first entry with a NaN, inf or negative value
+    (the slow path, run only once a fast check has failed)."""
+    for importance, name in named:
+        for key, value in importance.items():
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{name}[{key!r}] contains NaN or inf values")
+            if value.numel() and value.min() < 0:
+                raise ValueError(f"{name}[{key!r}] has negative values; importances are >= 0")
 
 
 def save_importance(

@@ -227,6 +227,47 @@ def test_fast_paths_equal_naive_bit_for_bit(monkeypatch, group_numel, small_nume
     assert torch.equal(model.frozen, Mixed().frozen)
 
 
+def test_selection_just_above_alpha_is_not_skipped():
+    """Groups whose largest float32 ratio is below alpha are not edited, yet a ratio that
+    rounds below alpha can still be selected (Imp_Df > alpha * Imp_D): the rounding margin
+    keeps such a group in the edit."""
+    alpha = 0.7
+    full = torch.tensor([1.3957868814468384, 1.0, 1.0, 1.0])
+    forget = torch.tensor([0.9770508408546448, 0.1, 0.1, 0.1])
+    assert bool(forget[0] > alpha * full[0]) and float(forget[0] / full[0]) < alpha  # the case in point
+    model = nn.Linear(4, 1, bias=False)
+    before = model.weight.detach().clone()
+    report = select_and_dampen_(model, {"weight": full.view(1, 4)}, {"weight": forget.view(1, 4)}, alpha=alpha, lambda_=0.5)
+    assert report.selected == {"weight": 1} and report.changed == {"weight": 1}
+    assert report.max_ratio < alpha
+    expected = before.clone()
+    expected[0, 0] = before[0, 0] * (0.5 * full[0] / forget[0])
+    assert torch.equal(model.weight.detach(), expected)
+
+
+def test_importances_are_checked_before_any_weight_changes():
+    model = make_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    full = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    forget = {n: 5 * torch.ones_like(p) for n, p in model.named_parameters()}  # everything selected
+    for name, bad, match in [
+        ("classifier.weight", float("inf"), r"forget_importance \(Imp_Df\)\['classifier.weight'\] contains NaN or inf"),
+        ("features.4.bias", -1.0, r"forget_importance \(Imp_Df\)\['features.4.bias'\] has negative"),
+    ]:
+        broken = dict(forget)
+        broken[name] = forget[name].clone()
+        broken[name].view(-1)[-1] = bad
+        with pytest.raises(ValueError, match=match):
+            select_and_dampen_(model, full, broken, alpha=1.0, lambda_=1.0)
+    # float64 values beyond float32's range are finite, but not in the float32 computation.
+    huge = {n: v.double() for n, v in full.items()}
+    huge["classifier.bias"][0] = 1e300
+    with pytest.raises(ValueError, match="overflows float32"):
+        select_and_dampen_(model, huge, forget, alpha=1.0, lambda_=1.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_nothing_selected_warning_points_at_the_caller():
     from lfssd_tutorial import unlearn
 
