@@ -27,6 +27,10 @@ loop's result must equal ``compute_importance(granularity="batch")`` under
 A ratio is the median over repetitions of the ratio of the two variants' times within one
 repetition (the variants of a repetition run back to back, so a change of machine load hits
 both); the results also keep the smallest and largest of those per-repetition ratios.
+Rows 1 and 2 are closer calls than the others (the two loops differ in a step worth about
+1% of a pass), so their three variants (floor, package, reference loop) run as a group of
+their own with more repetitions (``--head-reps``, default three times ``--reps``), in an
+order mirrored every other repetition (ABC, CBA, ...) so that a drift in load cancels.
 
 Results go to ``results/bench-<host>.json`` and ``results/bench-<host>.md``. ``<host>`` is a
 short, stable name (``cpu-<N>core`` or ``gpu-<card>``), never the machine's host name.
@@ -325,9 +329,14 @@ def calibrate(fn: Callable[[], object], device: torch.device) -> int:
 
 
 def time_interleaved(
-    variants: dict[str, Callable[[], object]], reps: int, device: torch.device, log: Callable[[str], None]
+    variants: dict[str, Callable[[], object]],
+    reps: int,
+    device: torch.device,
+    log: Callable[[str], None],
+    mirrored: bool = False,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int]]:
-    """Run every variant once per repetition, in an order rotated each repetition.
+    """Run every variant once per repetition, in an order rotated each repetition (or, with
+    ``mirrored``, reversed every other repetition: ABC, CBA, ABC, ...).
 
     Returns wall-clock seconds and process CPU seconds (all threads; insensitive to time
     spent descheduled on a shared machine) per call, and the calls per measurement.
@@ -338,7 +347,10 @@ def time_interleaved(
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         shift = r % len(names)
-        order = names[shift:] + names[:shift]
+        if mirrored:
+            order = names if r % 2 == 0 else names[::-1]
+        else:
+            order = names[shift:] + names[:shift]
         for n in order:
             gc.collect()
             _sync(device)
@@ -461,14 +473,14 @@ RATIO_DEFS = {
     "importance_vs_floor": ("importance_batch_B", "floor_B"),
     "importance_vs_reference": ("importance_batch_B", "reference_B"),
     "reference_vs_floor": ("reference_B", "floor_B"),
-    "sample_vs_batch": ("importance_sample_B", "importance_batch_B"),
+    "sample_vs_batch": ("importance_sample_B", "importance_batch_B_main"),
     "forget_inplace_vs_floor_Df": ("forget_inplace", "floor_Df"),
     "forget_cached_vs_floor_Df": ("forget_cached", "floor_Df"),
     "model_copy_vs_floor_Df": ("model_copy", "floor_Df"),
     "forget_recompute_vs_floor_Df": ("forget_recompute", "floor_Df"),
     "forget_recompute_vs_cached": ("forget_recompute", "forget_cached"),
     "dampen_vs_importance_Df": ("dampen", "importance_batch_Df"),
-    "dampen_vs_importance_B": ("dampen", "importance_batch_B"),
+    "dampen_vs_importance_B": ("dampen", "importance_batch_B_main"),
     "accumulate_vs_reference": ("accumulate", "accumulate_reference"),
     "bf16_vs_fp32": ("importance_bf16_B", "importance_fp32_B"),
     "channels_last_vs_default": ("importance_channels_last_B", "importance_fp32_B"),
@@ -481,18 +493,23 @@ def paired_ratios(times: dict[str, list[float]], key: str) -> list[float]:
     return [a / b for a, b in zip(times[num], times[den])]
 
 
-def ratio_summary(times: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Median and [min, max] of the paired ratios of every RATIO_DEFS entry present in ``times``."""
-    medians, ranges = {}, {}
+def ratio_summary(times: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, list[float]], dict[str, list[float]]]:
+    """Median, [min, max] and [lower quartile, upper quartile] of the paired ratios of every
+    RATIO_DEFS entry present in ``times`` (one timing group)."""
+    medians, ranges, quartiles = {}, {}, {}
     for key, (num, den) in RATIO_DEFS.items():
         if num in times and den in times:
             r = paired_ratios(times, key)
             medians[key], ranges[key] = med(r), [min(r), max(r)]
-    return medians, ranges
+            q1, _, q3 = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else r * 3
+            quartiles[key] = [q1, q3]
+    return medians, ranges, quartiles
 
 
 
-def bench_model(name: str, reps: int, precision_reps: int, device: torch.device, seed: int, log, do_memory: bool) -> dict:
+def bench_model(
+    name: str, reps: int, head_reps: int, precision_reps: int, device: torch.device, seed: int, log, do_memory: bool
+) -> dict:
     cfg = CONFIGS[name]
     torch.manual_seed(seed)
     model = cfg["build"]().to(device).eval()
@@ -539,10 +556,14 @@ def bench_model(name: str, reps: int, precision_reps: int, device: torch.device,
         grads = batch_gradients(model, B, objective)
         acc_pkg = [torch.zeros_like(g) for g in grads]
         acc_ref = [torch.zeros_like(g) for g in grads]
-        variants: dict[str, Callable[[], object]] = {
+        # Rows 1-2: the floor, the package and the reference loop, in a group of their own.
+        head_variants: dict[str, Callable[[], object]] = {
             "floor_B": lambda: floor_pass(model, B, objective),
             "importance_batch_B": lambda: compute_importance(model, B, objective=objective, granularity="batch"),
             "reference_B": lambda: reference_loop(model, B, objective),
+        }
+        variants: dict[str, Callable[[], object]] = {
+            "importance_batch_B_main": head_variants["importance_batch_B"],
             "importance_sample_B": lambda: compute_importance(model, B, objective=objective, granularity="sample"),
             # The accumulation of one batch's gradients alone (abs_ in place is idempotent, so
             # the package's step can be repeated on the same gradients).
@@ -598,17 +619,25 @@ def bench_model(name: str, reps: int, precision_reps: int, device: torch.device,
                 }
             )
             forget_cached()  # warm-up
+        log(f"  [{objective}] timing {len(head_variants)} variants x {head_reps} repetitions, mirrored order")
+        groups = [time_interleaved(head_variants, head_reps, device, log, mirrored=True)]
         log(f"  [{objective}] timing {len(variants)} variants x {reps} repetitions, interleaved")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NothingSelectedWarning)
-            times, cpu_times, inner = time_interleaved(variants, reps, device, log)
+            groups.append(time_interleaved(variants, reps, device, log))
             log(f"  [{objective}] timing {len(precision_variants)} precision variants x {precision_reps} repetitions")
-            p_times, p_cpu, p_inner = time_interleaved(precision_variants, precision_reps, device, log)
-        times, cpu_times, inner = {**times, **p_times}, {**cpu_times, **p_cpu}, {**inner, **p_inner}
+            groups.append(time_interleaved(precision_variants, precision_reps, device, log))
+        # Ratios pair variants of one group (same repetition); the groups' keys are disjoint.
+        times, cpu_times, inner = ({k: v for g in groups for k, v in g[j].items()} for j in range(3))
         m = {k: med(v) for k, v in times.items()}
         mc = {k: med(v) for k, v in cpu_times.items()}
-        ratios, ratio_ranges = ratio_summary(times)
-        cpu_ratios, cpu_ratio_ranges = ratio_summary(cpu_times)
+        ratios, ratio_ranges, ratio_quartiles = ({} for _ in range(3))
+        cpu_ratios, cpu_ratio_ranges, cpu_ratio_quartiles = ({} for _ in range(3))
+        for g in groups:
+            for out, summary in zip((ratios, ratio_ranges, ratio_quartiles), ratio_summary(g[0])):
+                out.update(summary)
+            for out, summary in zip((cpu_ratios, cpu_ratio_ranges, cpu_ratio_quartiles), ratio_summary(g[1])):
+                out.update(summary)
         if with_forget:
             # The dampening costs a fixed time per weight; the pass over D_f grows with |D_f|.
             # Size of D_f (images) from which the dampening is <= 5% of that pass, from the
@@ -624,8 +653,10 @@ def bench_model(name: str, reps: int, precision_reps: int, device: torch.device,
             "median_cpu_s": mc,
             "ratios": ratios,
             "ratio_ranges": ratio_ranges,
+            "ratio_quartiles": ratio_quartiles,
             "cpu_ratios": cpu_ratios,
             "cpu_ratio_ranges": cpu_ratio_ranges,
+            "cpu_ratio_quartiles": cpu_ratio_quartiles,
             "dampening": damp,
             "precision": precision,
         }
@@ -664,10 +695,14 @@ def markdown(result: dict) -> str:
         f"OMP_WAIT_POLICY={hw['omp_wait_policy']}",
         f"- torch {hw['torch_version']}, Python {hw['python_version']}, lfssd_tutorial {hw['package_version']}",
         f"- device: {hw['device']}; GPU: {hw['gpu'] or 'none (' + hw.get('gpu_note', '') + ')'}",
-        f"- {result['reps']} interleaved repetitions per variant ({result['precision_reps']} for the bf16 / "
-        f"channels_last group; short variants repeated within a measurement to last >= {MIN_MEASUREMENT_S} s). "
+        f"- Three timing groups. fwd+bwd, package and reference loop over B (the first two ratios): "
+        f"{result['head_reps']} repetitions, order mirrored every other one (ABC, CBA); the other variants: "
+        f"{result['reps']} interleaved repetitions (order rotated); bf16 / channels_last: "
+        f"{result['precision_reps']} repetitions with their own float32 baseline. Short variants are repeated "
+        f"within a measurement to last >= {MIN_MEASUREMENT_S} s. "
         "A ratio is the median over repetitions of the two variants' time ratio within one repetition; "
-        "[min-max] over the repetitions where shown. Each cell: wall-clock ratio · process-CPU-time ratio "
+        "[min-max] over the repetitions where shown, and for the first two ratios also the quartiles "
+        "(q1-q3, the middle half of the repetitions). Each cell: wall-clock ratio · process-CPU-time ratio "
         "(CPU time counts all threads and ignores time spent descheduled, so it is the steadier measure of "
         "work on a shared machine); ✓/✗ against the goal",
         f"- load average before / after: {result['loadavg_before']} / {result['loadavg_after']} "
@@ -684,10 +719,13 @@ def markdown(result: dict) -> str:
     ]
     for name, r, obj, o in _each_objective(result):
 
-        def cell(key: str, goal: float | None = None, pct: bool = False, spread: bool = False) -> str:
+        def cell(key: str, goal: float | None = None, pct: bool = False, spread: bool = False, quartiles: bool = False) -> str:
             if key not in o["ratios"]:
                 return "—"
             text = fmt_ratio(o["ratios"][key], goal, pct)
+            if quartiles:
+                q1, q3 = o["ratio_quartiles"][key]
+                text += f" q1-q3 {q1:.2f}-{q3:.2f}"
             if spread:
                 low, high = o["ratio_ranges"][key]
                 text += f" [{low:.2f}-{high:.2f}]"
@@ -699,8 +737,8 @@ def markdown(result: dict) -> str:
                 [
                     name,
                     obj,
-                    cell("importance_vs_floor", GOALS["importance_vs_floor"], spread=True),
-                    cell("importance_vs_reference", GOALS["importance_vs_reference"], spread=True),
+                    cell("importance_vs_floor", GOALS["importance_vs_floor"], spread=True, quartiles=True),
+                    cell("importance_vs_reference", GOALS["importance_vs_reference"], spread=True, quartiles=True),
                     cell("sample_vs_batch", GOALS["sample_vs_batch"] if name == "resnet18" else None),
                     cell("forget_inplace_vs_floor_Df", GOALS["forget_inplace_vs_floor_Df"], spread=True),
                     cell("forget_cached_vs_floor_Df"),
@@ -853,6 +891,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per variant (default 5)")
     p.add_argument(
+        "--head-reps", type=int, default=None,
+        help="repetitions of the fwd+bwd / package / reference-loop group (default: 3 x --reps)",
+    )
+    p.add_argument(
         "--precision-reps", type=int, default=None,
         help="repetitions of the bf16 / channels_last group (default: --reps on a GPU, 2 on a CPU)",
     )
@@ -876,8 +918,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.precision_reps is None:
         args.precision_reps = args.reps if device.type == "cuda" else min(args.reps, 2)
-    if args.reps < 1 or args.precision_reps < 1:
-        p.error("--reps and --precision-reps must be >= 1")
+    if args.head_reps is None:
+        args.head_reps = 3 * args.reps
+    if args.reps < 1 or args.precision_reps < 1 or args.head_reps < 1:
+        p.error("--reps, --head-reps and --precision-reps must be >= 1")
     host = args.host or host_name(device)
     hw = hardware(device)
 
@@ -896,13 +940,14 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for name in args.models:
         models[name] = bench_model(
-            name, args.reps, args.precision_reps, device, args.seed, log, do_memory=not args.no_memory
+            name, args.reps, args.head_reps, args.precision_reps, device, args.seed, log, do_memory=not args.no_memory
         )
     result = {
         "host": host,
         "date": _dt.date.today().isoformat(),
         "hardware": hw,
         "reps": args.reps,
+        "head_reps": args.head_reps,
         "precision_reps": args.precision_reps,
         "seed": args.seed,
         "goals": GOALS,

@@ -49,18 +49,24 @@ def test_importance_benchmark_runs_on_the_digits_cnn(tmp_path):
     """One repetition on the small CNN: every ratio of the report is there, the estimators agree."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_importance.py"), "--models", "small_cnn", "--reps", "1",
-         "--no-memory", "--threads", "1", "--out", str(tmp_path), "--host", "test"],
+         "--head-reps", "2", "--no-memory", "--threads", "1", "--out", str(tmp_path), "--host", "test"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "bench-test.json").read_text())
-    assert result["reps"] == 1 and result["precision_reps"] == 1
+    assert result["reps"] == 1 and result["precision_reps"] == 1 and result["head_reps"] == 2
     for objective in ("l2", "fisher"):
         o = result["models"]["small_cnn"]["objectives"][objective]
         assert o["correctness"]["allclose"]
-        for key in ("importance_vs_floor", "importance_vs_reference", "sample_vs_batch", "forget_inplace_vs_floor_Df",
-                    "forget_cached_vs_floor_Df", "model_copy_vs_floor_Df", "dampen_vs_importance_Df",
-                    "accumulate_vs_reference", "bf16_vs_fp32", "channels_last_vs_default"):
+        # The floor / package / reference group: two repetitions, so a median between min and max.
+        for key in ("importance_vs_floor", "importance_vs_reference", "reference_vs_floor"):
+            assert len(o["times_s"]["floor_B"]) == 2
+            low, high = o["ratio_ranges"][key]
+            assert 0 < low <= o["ratios"][key] <= high, key
+            q1, q3 = o["ratio_quartiles"][key]
+            assert low <= q1 <= q3 <= high
+        for key in ("sample_vs_batch", "forget_inplace_vs_floor_Df", "forget_cached_vs_floor_Df", "model_copy_vs_floor_Df",
+                    "dampen_vs_importance_Df", "accumulate_vs_reference", "bf16_vs_fp32", "channels_last_vs_default"):
             assert o["ratios"][key] > 0, key
             low, high = o["ratio_ranges"][key]
             assert low == high == o["ratios"][key]  # one repetition
