@@ -29,8 +29,9 @@ repetition (the variants of a repetition run back to back, so a change of machin
 both); the results also keep the smallest and largest of those per-repetition ratios.
 Rows 1 and 2 are closer calls than the others (the two loops differ in a step worth about
 1% of a pass), so their three variants (floor, package, reference loop) run as a group of
-their own with more repetitions (``--head-reps``, default three times ``--reps``), in an
-order mirrored every other repetition (ABC, CBA, ...) so that a drift in load cancels.
+their own with more repetitions (``--head-reps``, default three times ``--reps``). In every
+group the order is rotated each repetition (ABC, BCA, CAB, ...): each variant runs equally
+often first, second and last, and never twice in a row.
 
 Results go to ``results/bench-<host>.json`` and ``results/bench-<host>.md``. ``<host>`` is a
 short, stable name (``cpu-<N>core`` or ``gpu-<card>``), never the machine's host name.
@@ -329,14 +330,11 @@ def calibrate(fn: Callable[[], object], device: torch.device) -> int:
 
 
 def time_interleaved(
-    variants: dict[str, Callable[[], object]],
-    reps: int,
-    device: torch.device,
-    log: Callable[[str], None],
-    mirrored: bool = False,
+    variants: dict[str, Callable[[], object]], reps: int, device: torch.device, log: Callable[[str], None]
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int]]:
-    """Run every variant once per repetition, in an order rotated each repetition (or, with
-    ``mirrored``, reversed every other repetition: ABC, CBA, ABC, ...).
+    """Run every variant once per repetition, in an order rotated each repetition (ABC, BCA,
+    CAB, ...: every variant as often in each position, and never twice in a row, which
+    would favour its second run with caches and allocator already warm).
 
     Returns wall-clock seconds and process CPU seconds (all threads; insensitive to time
     spent descheduled on a shared machine) per call, and the calls per measurement.
@@ -347,10 +345,7 @@ def time_interleaved(
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         shift = r % len(names)
-        if mirrored:
-            order = names if r % 2 == 0 else names[::-1]
-        else:
-            order = names[shift:] + names[:shift]
+        order = names[shift:] + names[:shift]
         for n in order:
             gc.collect()
             _sync(device)
@@ -596,15 +591,26 @@ def bench_model(
             def forget_cached():
                 unlearn(model, Df, method=method, full_importance=imp_D, alpha=alpha, lambda_=1.0)
 
+            # The in-place request and the dampening edit the same model at every call: its
+            # weights are first put back (one copy of all weights, timed alone as
+            # "restore_weights"). Dampened again and again, they would shrink to subnormal
+            # values, on which CPU arithmetic is many times slower.
+            pristine = [p.detach().clone() for p in model.parameters()]
+            edited_params, victim_params = list(edited.parameters()), list(victim.parameters())
+
+            def restore(params):
+                with torch.no_grad():
+                    torch._foreach_copy_(params, pristine)
+
             def forget_inplace():
-                # Edits the same copy again at every call; the cost does not depend on how
-                # far its weights have already been dampened.
+                restore(edited_params)
                 unlearn(edited, Df, method=method, full_importance=imp_D, alpha=alpha, lambda_=1.0, inplace=True)
 
             def forget_recompute():
                 unlearn(model, Df, method=method, full_loader=D, alpha=alpha, lambda_=1.0)
 
             def dampen():
+                restore(victim_params)
                 select_and_dampen_(victim, imp_D, imp_Df, alpha=alpha, lambda_=1.0, warn=False)
 
             variants.update(
@@ -616,11 +622,12 @@ def bench_model(
                     "model_copy": lambda: copy.deepcopy(model),
                     "forget_recompute": forget_recompute,
                     "dampen": dampen,
+                    "restore_weights": lambda: restore(victim_params),
                 }
             )
             forget_cached()  # warm-up
-        log(f"  [{objective}] timing {len(head_variants)} variants x {head_reps} repetitions, mirrored order")
-        groups = [time_interleaved(head_variants, head_reps, device, log, mirrored=True)]
+        log(f"  [{objective}] timing {len(head_variants)} variants x {head_reps} repetitions, interleaved")
+        groups = [time_interleaved(head_variants, head_reps, device, log)]
         log(f"  [{objective}] timing {len(variants)} variants x {reps} repetitions, interleaved")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NothingSelectedWarning)
@@ -696,10 +703,10 @@ def markdown(result: dict) -> str:
         f"- torch {hw['torch_version']}, Python {hw['python_version']}, lfssd_tutorial {hw['package_version']}",
         f"- device: {hw['device']}; GPU: {hw['gpu'] or 'none (' + hw.get('gpu_note', '') + ')'}",
         f"- Three timing groups. fwd+bwd, package and reference loop over B (the first two ratios): "
-        f"{result['head_reps']} repetitions, order mirrored every other one (ABC, CBA); the other variants: "
-        f"{result['reps']} interleaved repetitions (order rotated); bf16 / channels_last: "
+        f"{result['head_reps']} repetitions; the other variants: {result['reps']} repetitions; bf16 / channels_last: "
         f"{result['precision_reps']} repetitions with their own float32 baseline. Short variants are repeated "
-        f"within a measurement to last >= {MIN_MEASUREMENT_S} s. "
+        f"within a measurement to last >= {MIN_MEASUREMENT_S} s. In each group the order is rotated every "
+        "repetition (ABC, BCA, CAB). "
         "A ratio is the median over repetitions of the two variants' time ratio within one repetition; "
         "[min-max] over the repetitions where shown, and for the first two ratios also the quartiles "
         "(q1-q3, the middle half of the repetitions). Each cell: wall-clock ratio · process-CPU-time ratio "
@@ -801,7 +808,8 @@ def markdown(result: dict) -> str:
         d = o.get("dampening")
         if d and "break_even_images_5pct" in d:
             notes.append(
-                f"- {name} {obj}: the dampening took {o['median_s']['dampen']:.3f} s; it is <= 5% of the "
+                f"- {name} {obj}: the dampening took {o['median_s']['dampen']:.3f} s (of which "
+                f"{o['median_s']['restore_weights']:.4f} s putting back the original weights); it is <= 5% of the "
                 f"importance pass over D_f once |D_f| >= {d['break_even_images_5pct']:.0f} images (measured "
                 f"here with |D_f| = {r['images_Df']}; alpha = {d['alpha']:.3g} selected "
                 f"{100 * d['fraction_selected']:.2f}% of the weights)"
@@ -866,13 +874,17 @@ VARIANTS = {
     "importance sample": 'compute_importance(..., granularity="sample") with the default sample_chunk_size',
     "importance bf16": 'compute_importance(..., autocast_dtype=torch.bfloat16) (forward under torch.autocast, float32 accumulation)',
     "importance channels_last": "compute_importance(model.to(memory_format=torch.channels_last), ..., channels_last=True)",
-    "forget cached, in place": "unlearn(model, D_f, method=..., full_importance=Imp_D, inplace=True)",
+    "forget cached, in place": "unlearn(model, D_f, method=..., full_importance=Imp_D, inplace=True), after "
+    "putting back the model's original weights (restore weights)",
     "forget cached": 'unlearn(model, D_f, method=..., full_importance=Imp_D) (the default: a deep copy of the model is edited)',
     "model copy": "copy.deepcopy(model)",
     "accumulate": "the package's accumulation of one batch's gradients (_accumulate_)",
     "accumulate reference": "imp.data += g.data.clone().pow(2) (fisher) or .abs() (l2), per parameter, for one batch's gradients",
     "forget recomputed": "unlearn(model, D_f, method=..., full_loader=D)",
-    "dampening": "select_and_dampen_(model, Imp_D, Imp_Df, alpha, lambda_=1) with alpha = half the largest ratio",
+    "dampening": "select_and_dampen_(model, Imp_D, Imp_Df, alpha, lambda_=1) with alpha = half the largest ratio, "
+    "after putting back the model's original weights (restore weights)",
+    "restore weights": "torch._foreach_copy_ of the original weights into the edited model's parameters (part of the "
+    "in-place request's and the dampening's times, so that repeated edits never drive the weights to subnormal values)",
 }
 
 MEMORY_METHOD = (

@@ -25,6 +25,8 @@ def naive_batch(model, batches, objective):
         model.zero_grad()
         _objective(model(x), y, objective).backward()
         for n, p in model.named_parameters():
+            if p.grad is None:  # a parameter the objective does not reach
+                continue
             g = p.grad.detach().clone()
             acc[n] += g.pow(2) if objective == "fisher" else g.abs()
     return {n: a / len(batches) for n, a in acc.items()}
@@ -58,6 +60,42 @@ def test_matches_naive_loop(cnn, batches, objective, granularity, naive):
         assert got[name].shape == want[name].shape
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-7, msg=name)
         assert got[name].abs().sum() > 0, name
+
+
+class _SharedGradient(torch.nn.Module):
+    """``a`` and ``b`` enter only as ``a + b``: autograd hands both the same gradient tensor."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.a = torch.nn.Parameter(torch.randn(3, 4, generator=g))
+        self.b = torch.nn.Parameter(torch.randn(3, 4, generator=g))
+        self.c = torch.nn.Parameter(torch.randn(3, generator=g))
+        self.unused = torch.nn.Parameter(torch.randn(2, generator=g))
+
+    def forward(self, x):
+        return x @ (self.a + self.b).t() + self.c
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("objective", ["l2", "fisher"])
+def test_first_batch_gradients_become_accumulators_safely(objective, dtype):
+    """The first batch's gradients are squared / abs'd in place and kept as accumulators,
+    unless they share memory (or have another dtype): the values still match the naive loop."""
+    model = _SharedGradient().to(dtype)
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(5, 4, generator=g, dtype=dtype), torch.randint(0, 3, (5,), generator=g)) for _ in range(3)]
+    x, y = batches[0]
+    ga, gb = torch.autograd.grad(_objective(model(x), y, objective), [model.a, model.b])
+    assert ga.data_ptr() == gb.data_ptr()  # the case in point: one tensor for two parameters
+    for n_batches in (1, 3):
+        got = compute_importance(model, batches[:n_batches], objective=objective)
+        want = naive_batch(model, batches[:n_batches], objective)
+        for name in want:
+            assert got[name].dtype == torch.float32
+            torch.testing.assert_close(got[name], want[name].float(), rtol=1e-5, atol=1e-7, msg=name)
+        assert got["a"].data_ptr() != got["b"].data_ptr()
+        assert torch.equal(got["a"], got["b"])
 
 
 def test_batch_and_sample_differ(cnn, batches):
