@@ -593,8 +593,8 @@ def bench_model(
 
             # The in-place request and the dampening edit the same model at every call: its
             # weights are first put back (one copy of all weights, timed alone as
-            # "restore_weights"). Dampened again and again, they would shrink to subnormal
-            # values, on which CPU arithmetic is many times slower.
+            # "restore_weights"), so that every call starts from the same weights and does the
+            # same work (edited again and again, more and more weights would be zero).
             pristine = [p.detach().clone() for p in model.parameters()]
             edited_params, victim_params = list(edited.parameters()), list(victim.parameters())
 
@@ -884,7 +884,7 @@ VARIANTS = {
     "dampening": "select_and_dampen_(model, Imp_D, Imp_Df, alpha, lambda_=1) with alpha = half the largest ratio, "
     "after putting back the model's original weights (restore weights)",
     "restore weights": "torch._foreach_copy_ of the original weights into the edited model's parameters (part of the "
-    "in-place request's and the dampening's times, so that repeated edits never drive the weights to subnormal values)",
+    "in-place request's and the dampening's times, so that every call starts from the same weights)",
 }
 
 MEMORY_METHOD = (
