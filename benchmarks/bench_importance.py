@@ -502,6 +502,15 @@ def ratio_summary(times: dict[str, list[float]]) -> tuple[dict[str, float], dict
 
 
 
+def groups_summary(groups: list[tuple], clock: int) -> tuple[dict, dict, dict]:
+    """:func:`ratio_summary` of every timing group (``clock`` 0: wall, 1: CPU), merged."""
+    merged: tuple[dict, dict, dict] = ({}, {}, {})
+    for group in groups:
+        for out, summary in zip(merged, ratio_summary(group[clock])):
+            out.update(summary)
+    return merged
+
+
 def bench_model(
     name: str, reps: int, head_reps: int, precision_reps: int, device: torch.device, seed: int, log, do_memory: bool
 ) -> dict:
@@ -638,13 +647,8 @@ def bench_model(
         times, cpu_times, inner = ({k: v for g in groups for k, v in g[j].items()} for j in range(3))
         m = {k: med(v) for k, v in times.items()}
         mc = {k: med(v) for k, v in cpu_times.items()}
-        ratios, ratio_ranges, ratio_quartiles = ({} for _ in range(3))
-        cpu_ratios, cpu_ratio_ranges, cpu_ratio_quartiles = ({} for _ in range(3))
-        for g in groups:
-            for out, summary in zip((ratios, ratio_ranges, ratio_quartiles), ratio_summary(g[0])):
-                out.update(summary)
-            for out, summary in zip((cpu_ratios, cpu_ratio_ranges, cpu_ratio_quartiles), ratio_summary(g[1])):
-                out.update(summary)
+        ratios, ratio_ranges, ratio_quartiles = groups_summary(groups, 0)
+        cpu_ratios, cpu_ratio_ranges, cpu_ratio_quartiles = groups_summary(groups, 1)
         if with_forget:
             # The dampening costs a fixed time per weight; the pass over D_f grows with |D_f|.
             # Size of D_f (images) from which the dampening is <= 5% of that pass, from the

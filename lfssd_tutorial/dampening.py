@@ -386,11 +386,8 @@ def _scan_and_edit(params, fulls, forgets, alpha, lambda_, check=None):
     scratch = _Scratch(2 * max(g.n for g in groups), params[groups[0].pieces[0][0]].device)
     flats, stats = _scan(groups, fulls, forgets, scratch, check is not None)
     if check is not None and not all(0 <= v < math.inf for row in stats for v in row[2:]):
-        check()
-        raise ValueError(
-            "an importance value overflows float32 (the dampening computes in float32); "
-            "rescale the importances or give them in float32"
-        )
+        check()  # raises, naming the entry
+        raise ValueError("the importances hold values that are not finite and >= 0 in float32")
 
     unbounded_in, best, best_group = set(), 0.0, None
     for g, (group, (lowest, top, *_)) in enumerate(zip(groups, stats)):

@@ -258,7 +258,7 @@ def _autocast_context(device: torch.device, dtype: torch.dtype | None):
 
 def _batch_importance(model, params, loader, objective, need_labels, prepare, amp, progress):
     tensors = list(params.values())
-    acc = None  # made from the first batch's gradients
+    acc = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     n_batches = 0
     for batch in _progress(loader, progress, f"importance ({objective}, batch)"):
         inputs, labels = split_batch(batch, need_labels=need_labels)
@@ -273,48 +273,12 @@ def _batch_importance(model, params, loader, objective, need_labels, prepare, am
         # autograd.grad returns fresh tensors and never touches p.grad.
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
         del loss
-        if acc is None:
-            acc = _first_accumulators(tensors, grads, objective)
-        else:
-            _accumulate_(acc, grads, objective)
+        _accumulate_(acc, grads, objective)
         # Free this batch's gradients before the next backward pass, so that at most one
         # set of gradients is alive beside the accumulators.
         del grads
         n_batches += 1
-    if acc is None:
-        acc = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     return acc, n_batches
-
-
-def _first_accumulators(params: list[torch.Tensor], grads, objective: str) -> list[torch.Tensor]:
-    """The accumulators after the first batch: ``g**2`` (fisher) or ``|g|`` (l2).
-
-    Computed in place in the gradients autograd returned, which become the accumulators:
-    no zero-filled buffers and no first addition (``0 + x == x``, so the values are those
-    of zeros plus :func:`_accumulate_`). A gradient is taken over only if it is float32,
-    laid out like its parameter, and shares no memory with a gradient taken already;
-    otherwise (and for parameters the objective does not reach) a zero accumulator is used.
-    """
-    acc, owned, rest, storages = [], [], [], set()
-    for p, g in zip(params, grads):
-        storage = g.untyped_storage().data_ptr() if g is not None else None
-        if g is not None and g.dtype == torch.float32 and g.stride() == p.stride() and storage not in storages:
-            storages.add(storage)
-            acc.append(g)
-            owned.append(g)
-        else:
-            acc.append(torch.zeros_like(p, dtype=torch.float32))
-            rest.append((acc[-1], g))
-    # The others first: one of their gradients may share memory with an owned one, which the
-    # in-place square below would change (abs_ in _accumulate_ is idempotent).
-    if rest:
-        _accumulate_([a for a, _ in rest], [g for _, g in rest], objective)
-    if owned:
-        if objective == "fisher":
-            torch._foreach_mul_(owned, owned)
-        else:
-            torch._foreach_abs_(owned)
-    return acc
 
 
 def _accumulate_(acc: list[torch.Tensor], grads, objective: str) -> None:
@@ -459,14 +423,19 @@ def _check_importances(
 
 
 def _name_bad_values(named: list[tuple[Mapping[str, torch.Tensor], str]]) -> None:
-    """Raise a ``ValueError`` naming the first entry with a NaN, inf or negative value
-    (the slow path, run only once a fast check has failed)."""
+    """Raise a ``ValueError`` naming the first entry with a NaN, inf or negative value, or
+    with a value beyond float32's range, in which the package computes (the slow path, run
+    only once a fast check has failed)."""
     for importance, name in named:
         for key, value in importance.items():
             if not torch.isfinite(value).all():
                 raise ValueError(f"{name}[{key!r}] contains NaN or inf values")
             if value.numel() and value.min() < 0:
                 raise ValueError(f"{name}[{key!r}] has negative values; importances are >= 0")
+    for importance, name in named:
+        for key, value in importance.items():
+            if not torch.isfinite(value.float()).all():
+                raise ValueError(f"{name}[{key!r}] has values that overflow float32, in which importances are computed")
 
 
 def save_importance(

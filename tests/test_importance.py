@@ -79,9 +79,9 @@ class _SharedGradient(torch.nn.Module):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("objective", ["l2", "fisher"])
-def test_first_batch_gradients_become_accumulators_safely(objective, dtype):
-    """The first batch's gradients are squared / abs'd in place and kept as accumulators,
-    unless they share memory (or have another dtype): the values still match the naive loop."""
+def test_shared_and_float64_gradients_match_naive_loop(objective, dtype):
+    """Two parameters that receive one and the same gradient tensor, in float32 and float64:
+    each gets its own accumulator and the values match the naive loop."""
     model = _SharedGradient().to(dtype)
     g = torch.Generator().manual_seed(4)
     batches = [(torch.randn(5, 4, generator=g, dtype=dtype), torch.randint(0, 3, (5,), generator=g)) for _ in range(3)]
