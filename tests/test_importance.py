@@ -255,6 +255,8 @@ def test_load_rejects_foreign_file(tmp_path):
         (lambda d: d.__setitem__("classifier.bias", torch.full((5,), float("inf"))), "NaN or inf"),
         (lambda d: d.__setitem__("classifier.bias", -torch.ones(5)), "negative"),
         (lambda d: d.__setitem__("classifier.bias", [0.0] * 5), "not a tensor"),
+        (lambda d: d.__setitem__("classifier.bias", torch.full((5,), 1e300, dtype=torch.float64)),
+         r"\['classifier.bias'\] has values that overflow float32"),
     ],
 )
 def test_check_importance_names_the_problem(cnn, mutate, match):
