@@ -93,7 +93,8 @@ def _vit_with_random_head() -> nn.Module:
 
 # Fixed, small sizes so that the whole run takes minutes on two CPU cores; D_f holds 64
 # images (two batches of 32) so that the forget request is not dominated by the fixed,
-# per-weight cost of the dampening step.
+# per-weight cost of the dampening step. ``gpu``: the sizes used with ``--scale gpu`` (the
+# default on CUDA), where the small ones would time kernel launches rather than work.
 # batch_size x n_batches images form the benchmark set B (rows 1-3 and 6); the forget
 # request uses D = n_full_batches batches and D_f = its first n_forget_batches batches.
 CONFIGS: dict[str, dict] = {
@@ -108,6 +109,7 @@ CONFIGS: dict[str, dict] = {
         objectives=("l2", "fisher"),
         forget_objectives=("l2", "fisher"),
         memory_chunks=(4, 8, 16),
+        gpu=dict(batch_size=256, n_batches=8, n_full_batches=16, n_forget_batches=4, memory_chunks=(16, 64)),
     ),
     "small_vit": dict(
         label="small ViT (6 layers, dim 192, patch 4), 3x32x32 random inputs",
@@ -120,6 +122,7 @@ CONFIGS: dict[str, dict] = {
         objectives=("l2", "fisher"),
         forget_objectives=("l2",),
         memory_chunks=(16,),
+        gpu=dict(batch_size=256, n_batches=8, n_full_batches=16, n_forget_batches=4, memory_chunks=(16, 64)),
     ),
     "small_cnn": dict(
         label="SmallCNN (width 16) on the bundled 8x8 digits",
@@ -136,6 +139,17 @@ CONFIGS: dict[str, dict] = {
 }
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
+SCALES = ("cpu", "gpu")
+
+
+def sized(name: str, scale: str) -> dict:
+    """The configuration of ``name`` at ``scale`` ("cpu": the small sizes, "gpu": its ``gpu`` sizes)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    cfg = {k: v for k, v in CONFIGS[name].items() if k != "gpu"}
+    if scale == "gpu":
+        cfg.update(CONFIGS[name].get("gpu", {}))
+    return cfg
 
 
 # --------------------------------------------------------------------------- hardware
@@ -181,6 +195,14 @@ def hardware(device: torch.device) -> dict:
     }
     if device.type != "cuda":
         info["gpu_note"] = "No GPU was available for this run: every number is a CPU measurement."
+    else:
+        # float32 convolutions and matrix products may run in TF32 on Ampere and later GPUs:
+        # recorded, left at torch's defaults (what a user gets).
+        info["cuda_version"] = torch.version.cuda
+        info["cudnn_version"] = torch.backends.cudnn.version()
+        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+        info["gpu_memory_GiB"] = torch.cuda.get_device_properties(device).total_memory / 2**30
     return info
 
 
@@ -381,7 +403,63 @@ def proc_kib(field: str, pid: int | str = "self", file: str = "status") -> int |
     return None
 
 
-def memory_probe(model_name: str, variant: str, objective: str, chunk: int, seed: int) -> dict:
+def _probe_batches(B: Batches, variant: str, chunk: int) -> Batches:
+    """B itself, or for a sample variant one batch of ``chunk`` images (so that a chunk is full)."""
+    if not variant.startswith("sample"):
+        return B
+    xs = torch.cat([x for x, _ in B])
+    ys = torch.cat([y for _, y in B])
+    reps = (chunk + len(xs) - 1) // len(xs)
+    return [(xs.repeat(reps, *[1] * (xs.dim() - 1))[:chunk], ys.repeat(reps)[:chunk])]
+
+
+def _probe_run(model: nn.Module, batches: Batches, variant: str, objective: str, chunk: int) -> None:
+    if variant == "floor":
+        floor_pass(model, batches, objective)
+    elif variant == "reference":
+        reference_loop(model, batches, objective)
+    elif variant == "batch":
+        compute_importance(model, batches, objective=objective, granularity="batch")
+    elif variant.startswith("sample"):
+        compute_importance(model, batches, objective=objective, granularity="sample", sample_chunk_size=chunk)
+    else:
+        raise ValueError(variant)
+
+
+def _probe_record(variant: str, objective: str, chunk: int, B: Batches, model: nn.Module, peak_increase_bytes: int) -> dict:
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return {
+        "variant": variant,
+        "objective": objective,
+        "chunk": chunk if variant.startswith("sample") else None,
+        "images": sum(len(y) for _, y in B),
+        "batch_size": int(B[0][1].shape[0]),
+        "peak_increase_MiB": peak_increase_bytes / 2**20,
+        "param_MiB": param_bytes / 2**20,
+    }
+
+
+def cuda_memory_probe(model: nn.Module, B: Batches, variant: str, objective: str, chunk: int, device: torch.device) -> dict:
+    """Peak increase of CUDA memory allocated by torch during one pass (same process).
+
+    The variant runs once on one sample first; then the allocator's cache is emptied, its
+    peak counter reset, ``memory_allocated`` read as the baseline (model and data already
+    on the GPU) and the pass run; ``max_memory_allocated`` minus the baseline is the peak
+    increase.
+    """
+    B = _probe_batches(B, variant, chunk)
+    _probe_run(model, [(B[0][0][:1], B[0][1][:1])], variant, objective, chunk)
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    _probe_run(model, B, variant, objective, chunk)
+    torch.cuda.synchronize(device)
+    return _probe_record(variant, objective, chunk, B, model, torch.cuda.max_memory_allocated(device) - base)
+
+
+def memory_probe(model_name: str, variant: str, objective: str, chunk: int, seed: int, scale: str = "cpu") -> dict:
     """Peak resident-memory increase of one pass, measured inside this (fresh) process.
 
     Method: build the model and the data, run the variant once on a single sample (so
@@ -394,29 +472,11 @@ def memory_probe(model_name: str, variant: str, objective: str, chunk: int, seed
     """
     torch.set_num_threads(2)
     torch.manual_seed(seed)
-    cfg = CONFIGS[model_name]
+    cfg = sized(model_name, scale)
     model = cfg["build"]().eval()
     B, _, _, _ = make_data(model_name, cfg, seed)
-    if variant.startswith("sample"):
-        # one batch of `chunk` images, so that a chunk is full
-        xs = torch.cat([x for x, _ in B])
-        ys = torch.cat([y for _, y in B])
-        reps = (chunk + len(xs) - 1) // len(xs)
-        B = [(xs.repeat(reps, *[1] * (xs.dim() - 1))[:chunk], ys.repeat(reps)[:chunk])]
-
-    def run(batches):
-        if variant == "floor":
-            floor_pass(model, batches, objective)
-        elif variant == "reference":
-            reference_loop(model, batches, objective)
-        elif variant == "batch":
-            compute_importance(model, batches, objective=objective, granularity="batch")
-        elif variant.startswith("sample"):
-            compute_importance(model, batches, objective=objective, granularity="sample", sample_chunk_size=chunk)
-        else:
-            raise ValueError(variant)
-
-    run([(B[0][0][:1], B[0][1][:1])])
+    B = _probe_batches(B, variant, chunk)
+    _probe_run(model, [(B[0][0][:1], B[0][1][:1])], variant, objective, chunk)
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -425,33 +485,33 @@ def memory_probe(model_name: str, variant: str, objective: str, chunk: int, seed
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     base = proc_kib("VmRSS")
-    run(B)
+    _probe_run(model, B, variant, objective, chunk)
     peak = proc_kib("VmHWM")
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return {
-        "variant": variant,
-        "objective": objective,
-        "chunk": chunk if variant.startswith("sample") else None,
-        "images": sum(len(y) for _, y in B),
-        "batch_size": int(B[0][1].shape[0]),
-        "peak_increase_MiB": (peak - base) / 1024,
-        "param_MiB": param_bytes / 2**20,
-    }
+    return _probe_record(variant, objective, chunk, B, model, (peak - base) * 1024)
 
 
-def run_memory_probes(model_name: str, cfg: dict, seed: int, log) -> list[dict]:
-    if not os.path.exists("/proc/self/clear_refs"):
+def run_memory_probes(
+    model_name: str, cfg: dict, seed: int, log, scale: str = "cpu", model: nn.Module | None = None,
+    B: Batches | None = None, device: torch.device | None = None,
+) -> list[dict]:
+    """Peak memory of each variant: host RSS in fresh subprocesses on the CPU, or, on CUDA,
+    the GPU memory allocated by torch, in this process, with ``model`` and ``B`` already there."""
+    on_gpu = device is not None and device.type == "cuda"
+    if not on_gpu and not os.path.exists("/proc/self/clear_refs"):
         log("  memory: /proc/self/clear_refs is not available; skipped")
         return []
     probes = [("floor", 0), ("reference", 0), ("batch", 0)] + [("sample", c) for c in cfg["memory_chunks"]]
     out = []
     for variant, chunk in probes:
-        cmd = [sys.executable, __file__, "--memory-probe", model_name, variant, "l2", str(chunk), str(seed)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            log(f"  memory probe {variant} failed:\n{proc.stderr[-2000:]}")
-            continue
-        rec = json.loads(proc.stdout.strip().splitlines()[-1])
+        if on_gpu:
+            rec = cuda_memory_probe(model, B, variant, "l2", chunk, device)
+        else:
+            cmd = [sys.executable, __file__, "--memory-probe", model_name, variant, "l2", str(chunk), str(seed), scale]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                log(f"  memory probe {variant} failed:\n{proc.stderr[-2000:]}")
+                continue
+            rec = json.loads(proc.stdout.strip().splitlines()[-1])
         rec["peak_over_params"] = rec["peak_increase_MiB"] / rec["param_MiB"]
         out.append(rec)
         chunk_txt = f" chunk {chunk}" if variant == "sample" else ""
@@ -512,9 +572,10 @@ def groups_summary(groups: list[tuple], clock: int) -> tuple[dict, dict, dict]:
 
 
 def bench_model(
-    name: str, reps: int, head_reps: int, precision_reps: int, device: torch.device, seed: int, log, do_memory: bool
+    name: str, reps: int, head_reps: int, precision_reps: int, device: torch.device, seed: int, log, do_memory: bool,
+    scale: str = "cpu",
 ) -> dict:
-    cfg = CONFIGS[name]
+    cfg = sized(name, scale)
     torch.manual_seed(seed)
     model = cfg["build"]().to(device).eval()
     B, D, Df, desc = make_data(name, cfg, seed)
@@ -674,7 +735,7 @@ def bench_model(
         log("  [" + objective + "] wall: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
         log("  [" + objective + "] cpu:  " + ", ".join(f"{k} {v:.3f}" for k, v in cpu_ratios.items()))
     if do_memory:
-        res["memory"] = run_memory_probes(name, cfg, seed, log) if device.type == "cpu" else []
+        res["memory"] = run_memory_probes(name, cfg, seed, log, scale, model, B, device)
     return res
 
 
@@ -705,11 +766,17 @@ def markdown(result: dict) -> str:
         f"- CPU: {hw['cpu_model']}, {hw['logical_cpus']} logical CPUs, torch threads: {hw['torch_threads']}, "
         f"OMP_WAIT_POLICY={hw['omp_wait_policy']}",
         f"- torch {hw['torch_version']}, Python {hw['python_version']}, lfssd_tutorial {hw['package_version']}",
-        f"- device: {hw['device']}; GPU: {hw['gpu'] or 'none (' + hw.get('gpu_note', '') + ')'}",
+        f"- device: {hw['device']}; GPU: {hw['gpu'] or 'none (' + hw.get('gpu_note', '') + ')'}"
+        + (
+            f" ({hw['gpu_memory_GiB']:.0f} GiB, CUDA {hw['cuda_version']}, cuDNN {hw['cudnn_version']}; TF32 in "
+            f"convolutions: {hw['cudnn_allow_tf32']}, in matrix products: {hw['matmul_allow_tf32']}, torch's defaults)"
+            if hw.get("gpu") else ""
+        ),
+        f"- data sizes: `--scale {result.get('scale', 'cpu')}` (see Data below); command: `{result.get('command', 'make bench')}`",
         f"- Three timing groups. fwd+bwd, package and reference loop over B (the first two ratios): "
         f"{result['head_reps']} repetitions; the other variants: {result['reps']} repetitions; bf16 / channels_last: "
         f"{result['precision_reps']} repetitions with their own float32 baseline. Short variants are repeated "
-        f"within a measurement to last >= {MIN_MEASUREMENT_S} s. In each group the order is rotated every "
+        f"within a measurement to last >= {result.get('min_measurement_s', MIN_MEASUREMENT_S)} s. In each group the order is rotated every "
         "repetition (ABC, BCA, CAB). "
         "A ratio is the median over repetitions of the two variants' time ratio within one repetition; "
         "[min-max] over the repetitions where shown, and for the first two ratios also the quartiles "
@@ -891,6 +958,15 @@ VARIANTS = {
     "in-place request's and the dampening's times, so that every call starts from the same weights)",
 }
 
+CUDA_MEMORY_METHOD = (
+    "Method (CUDA): in the benchmark's process, with the model and the data already on the GPU, each variant "
+    "runs once on one sample (one-time initialisation); then torch's caching allocator is emptied, its peak "
+    "counter reset, torch.cuda.memory_allocated read as the baseline, the pass run, and "
+    "torch.cuda.max_memory_allocated read. Peak increase = peak - baseline: activations, gradients, "
+    "accumulators and temporaries allocated by torch (cuDNN / cuBLAS workspaces that torch allocates count; "
+    "the CUDA context does not). Sample rows run one batch whose size equals the chunk."
+)
+
 MEMORY_METHOD = (
     "Method: each row is a fresh Python subprocess that builds the model and the data, runs the variant "
     "once on one sample (one-time initialisation), returns freed heap to the OS (malloc_trim), resets the "
@@ -903,6 +979,7 @@ MEMORY_METHOD = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MIN_MEASUREMENT_S
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per variant (default 5)")
@@ -915,19 +992,29 @@ def main(argv: list[str] | None = None) -> int:
         help="repetitions of the bf16 / channels_last group (default: --reps on a GPU, 2 on a CPU)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument(
+        "--scale", choices=SCALES, default=None,
+        help="data sizes: the small cpu ones, or the larger gpu ones (default: gpu on CUDA, else cpu)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--host", default=None, help="short name for the results files (default cpu-<N>core / gpu-<card>)")
     p.add_argument("--out", default=str(ROOT / "results"), help="folder for bench-<host>.json/.md")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-write", action="store_true", help="print only, write no files")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--memory-probe", nargs=5, metavar=("MODEL", "VARIANT", "OBJECTIVE", "CHUNK", "SEED"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--min-measurement", type=float, default=MIN_MEASUREMENT_S,
+        help=f"short variants are repeated until one measurement lasts this many seconds (default {MIN_MEASUREMENT_S})",
+    )
+    p.add_argument(
+        "--memory-probe", nargs=6, metavar=("MODEL", "VARIANT", "OBJECTIVE", "CHUNK", "SEED", "SCALE"), help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
 
     warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
     if args.memory_probe:
-        m, v, o, c, s = args.memory_probe
-        print(json.dumps(memory_probe(m, v, o, int(c), int(s))))
+        m, v, o, c, s, scale = args.memory_probe
+        print(json.dumps(memory_probe(m, v, o, int(c), int(s), scale)))
         return 0
 
     torch.set_num_threads(args.threads)
@@ -936,8 +1023,13 @@ def main(argv: list[str] | None = None) -> int:
         args.precision_reps = args.reps if device.type == "cuda" else min(args.reps, 2)
     if args.head_reps is None:
         args.head_reps = 3 * args.reps
+    if args.scale is None:
+        args.scale = "gpu" if device.type == "cuda" else "cpu"
     if args.reps < 1 or args.precision_reps < 1 or args.head_reps < 1:
         p.error("--reps, --head-reps and --precision-reps must be >= 1")
+    if not args.min_measurement > 0:
+        p.error("--min-measurement must be > 0")
+    MIN_MEASUREMENT_S = args.min_measurement
     host = args.host or host_name(device)
     hw = hardware(device)
 
@@ -953,35 +1045,55 @@ def main(argv: list[str] | None = None) -> int:
         log("No GPU available: CPU measurements only.")
     load_before = loadavg()
     t0 = time.perf_counter()
-    models = {}
+    models: dict = {}
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    # The command as given, less --out (a local path, not part of the measurement).
+    shown = [a for i, a in enumerate(argv_list) if a != "--out" and not a.startswith("--out=")
+             and not (i > 0 and argv_list[i - 1] == "--out")]
+
+    def result() -> dict:
+        return {
+            "host": host,
+            "date": _dt.date.today().isoformat(),
+            "hardware": hw,
+            "reps": args.reps,
+            "head_reps": args.head_reps,
+            "precision_reps": args.precision_reps,
+            "scale": args.scale,
+            "min_measurement_s": MIN_MEASUREMENT_S,
+            "command": " ".join(["python benchmarks/bench_importance.py", *shown]),
+            "seed": args.seed,
+            "goals": GOALS,
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+            "wall_s": time.perf_counter() - t0,
+            "complete": len(models) == len(args.models),
+            "variants": VARIANTS,
+            "memory_method": CUDA_MEMORY_METHOD if device.type == "cuda" else MEMORY_METHOD,
+            "models": models,
+        }
+
+    def write(final: bool) -> None:
+        res = result()
+        md = markdown(res)
+        if final:
+            log("\n" + md)
+        if not args.no_write:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"bench-{host}.json").write_text(json.dumps(res, indent=1) + "\n")
+            (out / f"bench-{host}.md").write_text(md)
+            if final:
+                log(f"wrote {out / f'bench-{host}.json'} and {out / f'bench-{host}.md'}")
+
     for name in args.models:
         models[name] = bench_model(
-            name, args.reps, args.head_reps, args.precision_reps, device, args.seed, log, do_memory=not args.no_memory
+            name, args.reps, args.head_reps, args.precision_reps, device, args.seed, log, do_memory=not args.no_memory,
+            scale=args.scale,
         )
-    result = {
-        "host": host,
-        "date": _dt.date.today().isoformat(),
-        "hardware": hw,
-        "reps": args.reps,
-        "head_reps": args.head_reps,
-        "precision_reps": args.precision_reps,
-        "seed": args.seed,
-        "goals": GOALS,
-        "loadavg_before": load_before,
-        "loadavg_after": loadavg(),
-        "wall_s": time.perf_counter() - t0,
-        "variants": VARIANTS,
-        "memory_method": MEMORY_METHOD,
-        "models": models,
-    }
-    md = markdown(result)
-    log("\n" + md)
-    if not args.no_write:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"bench-{host}.json").write_text(json.dumps(result, indent=1) + "\n")
-        (out / f"bench-{host}.md").write_text(md)
-        log(f"wrote {out / f'bench-{host}.json'} and {out / f'bench-{host}.md'}")
+        if len(models) < len(args.models):
+            write(final=False)  # what is measured so far survives an interrupted run ("complete": false)
+    write(final=True)
     return 0
 
 

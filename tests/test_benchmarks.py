@@ -55,6 +55,8 @@ def test_importance_benchmark_runs_on_the_digits_cnn(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "bench-test.json").read_text())
     assert result["reps"] == 1 and result["precision_reps"] == 1 and result["head_reps"] == 2
+    assert result["scale"] == "cpu" and result["complete"] and result["min_measurement_s"] == 0.25
+    assert result["command"].endswith("--models small_cnn --reps 1 --head-reps 2 --no-memory --threads 1 --host test")
     for objective in ("l2", "fisher"):
         o = result["models"]["small_cnn"]["objectives"][objective]
         assert o["correctness"]["allclose"]
@@ -73,3 +75,18 @@ def test_importance_benchmark_runs_on_the_digits_cnn(tmp_path):
         assert 0 < o["precision"]["bf16_autocast"]["rel_l1"] < 0.05
     md = (tmp_path / "bench-test.md").read_text()
     assert "## The accumulation step alone" in md and "importance / reference loop (≤1.0x)" in md
+
+
+def test_benchmark_sizes():
+    """--scale gpu enlarges the synthetic sets; the digits set is the same at both scales."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_importance as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    small, large = bench.sized("resnet18", "cpu"), bench.sized("resnet18", "gpu")
+    assert "gpu" not in small and "gpu" not in large
+    assert small["batch_size"] * small["n_batches"] < large["batch_size"] * large["n_batches"]
+    assert bench.sized("small_cnn", "gpu") == bench.sized("small_cnn", "cpu")
+    with pytest.raises(ValueError, match="scale"):
+        bench.sized("resnet18", "tpu")
