@@ -67,7 +67,7 @@ from torch import nn  # noqa: E402
 import lfssd_tutorial  # noqa: E402
 from lfssd_tutorial import compute_importance, select_and_dampen_, unlearn  # noqa: E402
 from lfssd_tutorial.dampening import NothingSelectedWarning, max_importance_ratio  # noqa: E402
-from lfssd_tutorial.importance import _accumulate_  # noqa: E402
+from lfssd_tutorial.importance import _accumulate_, default_sample_chunk_size  # noqa: E402
 from lfssd_tutorial.models import SmallCNN, cifar_resnet18, small_vit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -592,6 +592,7 @@ def bench_model(
         "batches_B": len(B),
         "images_D": sum(len(y) for _, y in D),
         "images_Df": sum(len(y) for _, y in Df),
+        "sample_chunk_size": default_sample_chunk_size(model.parameters(), device),
         "objectives": {},
     }
 
@@ -942,7 +943,8 @@ VARIANTS = {
     "importance batch": 'compute_importance(model, batches, objective=..., granularity="batch")',
     "reference loop": "per batch: model.zero_grad(), forward, backward(), then for every parameter "
     "imp.data += p.grad.data.clone().pow(2) (fisher) or .abs() (l2); finally divide by the number of batches",
-    "importance sample": 'compute_importance(..., granularity="sample") with the default sample_chunk_size',
+    "importance sample": 'compute_importance(..., granularity="sample") with the default sample_chunk_size '
+    "(16 on a CPU; on a GPU chosen from the free memory, see each model's sample_chunk_size in the JSON)",
     "importance bf16": 'compute_importance(..., autocast_dtype=torch.bfloat16) (forward under torch.autocast, float32 accumulation)',
     "importance channels_last": "compute_importance(model.to(memory_format=torch.channels_last), ..., channels_last=True)",
     "forget cached, in place": "unlearn(model, D_f, method=..., full_importance=Imp_D, inplace=True), after "

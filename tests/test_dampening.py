@@ -184,13 +184,21 @@ class Mixed(nn.Module):
     [(2**20, 2**16, 2**24), (50, 1, 1), (1000, 600, 2**24), (777, 2**16, 1)],
 )
 @pytest.mark.parametrize("alpha,lambda_,spike", [(2.0, 1.0, 0.002), (2.0, 0.7, 0.05), (0.5, 1.0, 0.0), (1.0, 3.0, 0.3)])
-def test_fast_paths_equal_naive_bit_for_bit(monkeypatch, group_numel, small_numel, exact_float32_count, alpha, lambda_, spike):
-    """The grouped, float-arithmetic selection and edit give exactly the naive weights, counts and ratios."""
+@pytest.mark.parametrize("gpu_grouping", [False, True])
+def test_fast_paths_equal_naive_bit_for_bit(
+    monkeypatch, group_numel, small_numel, exact_float32_count, alpha, lambda_, spike, gpu_grouping
+):
+    """The grouped, float-arithmetic selection and edit give exactly the naive weights, counts and ratios.
+
+    ``gpu_grouping``: the grouping used on a GPU (every parameter concatenated, counts from
+    one cumulative sum), run here on the CPU."""
     import lfssd_tutorial.dampening as dampening
 
     monkeypatch.setattr(dampening, "_GROUP_NUMEL", group_numel)
+    monkeypatch.setattr(dampening, "_GPU_GROUP_NUMEL", group_numel)
     monkeypatch.setattr(dampening, "_SMALL_NUMEL", small_numel)
     monkeypatch.setattr(dampening, "_EXACT_FLOAT32_COUNT", exact_float32_count)
+    monkeypatch.setattr(dampening, "_on_gpu", lambda device: gpu_grouping)
     model = Mixed()
     assert not model.transposed.is_contiguous()
     g = torch.Generator().manual_seed(5)

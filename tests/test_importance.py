@@ -298,3 +298,25 @@ def test_bad_autocast_dtype(cnn, batches):
             compute_importance(cnn, batches, objective="l2", autocast_dtype=bad)
     with pytest.raises(ValueError, match='granularity="batch" only'):
         compute_importance(cnn, batches, objective="l2", granularity="sample", autocast_dtype=torch.bfloat16)
+
+
+def test_sample_chunk_size_default_and_bad_values(cnn, batches, monkeypatch):
+    from lfssd_tutorial.importance import default_sample_chunk_size
+
+    params = list(cnn.parameters())
+    assert default_sample_chunk_size(params, "cpu") == 16
+    # On a GPU: the largest power of two <= 256 whose chunk (1.5x the parameter bytes per
+    # sample) fits in a quarter of the free memory (stubbed here).
+    per_sample = 3 * sum(p.numel() * 4 for p in params) // 2
+    for free, want in [(4 * per_sample * 100, 64), (4 * per_sample * 128, 128), (4 * per_sample * 1000, 256), (0, 1)]:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, free))
+        assert default_sample_chunk_size(params, "cuda") == want
+    monkeypatch.undo()
+    # None and an explicit chunk give the same values (chunking does not change them)
+    a = compute_importance(cnn, batches, objective="l2", granularity="sample")
+    b = compute_importance(cnn, batches, objective="l2", granularity="sample", sample_chunk_size=3)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="sample_chunk_size"):
+            compute_importance(cnn, batches, objective="l2", granularity="sample", sample_chunk_size=bad)
