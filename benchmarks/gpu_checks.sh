@@ -18,6 +18,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$py" -c 'import torch; assert torch.cuda.is_available(), "no CUDA GPU"; print(torch.__version__, torch.cuda.get_device_name())' || exit 1
 status=0
 timeout "${TESTS_TIMEOUT:-1800}" "$py" -m pytest -q -p no:cacheprovider -o addopts="-ra" tests/test_cuda.py 2>&1 | tee "$out/gpu-tests.log" || status=1
-timeout "${TUNING_TIMEOUT:-1800}" "$py" benchmarks/gpu_tuning.py --out "$out" 2>&1 | tee "$out/gpu-tuning.log" || status=1
+timeout "${TUNING_TIMEOUT:-1800}" "$py" benchmarks/gpu_tuning.py --chunks 16 64 256 --batches 2 --reps 1 --damp-reps 10 --out "$out" 2>&1 | tee "$out/gpu-tuning.log" || status=1
 timeout "${BENCH_TIMEOUT:-1800}" "$py" benchmarks/bench_importance.py --reps 3 --head-reps 9 --min-measurement 0.1 --out "$out" 2>&1 | tee "$out/gpu-bench.log" || status=1
 exit $status

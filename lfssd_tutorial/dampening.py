@@ -215,6 +215,9 @@ def max_importance_ratio(
 # parameter, large or small, is concatenated into groups of up to _GPU_GROUP_NUMEL
 # elements (a CIFAR ResNet18 is one group), and a group's per-parameter counts come from
 # one fused multi-tensor reduction (torch._foreach_norm) instead of one sum per parameter.
+# On an H100 (benchmarks/gpu_tuning.py, ResNet18, 62 tensors, 11.2M weights) the dampening
+# took 2.2 ms this way against 7.5 ms with the CPU grouping; the counts took 0.40 ms
+# against 0.62 ms for one sum per parameter and 17 ms for a cumulative sum along the rows.
 # Parameters with fewer than _SMALL_NUMEL elements are concatenated with their neighbours.
 _GROUP_NUMEL = 2**20
 _GPU_GROUP_NUMEL = 2**24

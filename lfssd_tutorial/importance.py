@@ -247,9 +247,10 @@ def default_sample_chunk_size(params: Iterable[torch.Tensor], device: str | torc
     largest power of two <= 256 with ``chunk x 1.5 x (float32 parameter bytes)`` within a
     quarter of the GPU's free memory.
 
-    On an H100 (``benchmarks/gpu_tuning.py``) a chunk's peak was about 1.25x the parameter
-    bytes per sample for the CIFAR ResNet18, and larger chunks were faster all the way to
-    256: 32x the batch estimator's time at chunk 16, 6.5x at 128, 4.1x at 256."""
+    On an H100 (``benchmarks/gpu_tuning.py``, results in ``results/``) a chunk's peak was
+    about 1.25x the parameter bytes per sample for the CIFAR ResNet18, and larger chunks
+    were faster all the way to 256: 26x the batch estimator's time at chunk 16, 6.3x at 64,
+    3.6x at 256."""
     device = torch.device(device)
     if device.type != "cuda":
         return _CPU_SAMPLE_CHUNK
