@@ -180,7 +180,7 @@ def compute_importance(
             are materialised at once (memory is about ``chunk x #parameters`` floats, see
             ``make bench``). ``None`` (default): 16 on the CPU; on a GPU the largest power of
             two up to 256 whose per-sample gradients take at most a quarter of the free
-            GPU memory (:func:`lfssd_tutorial.importance.default_sample_chunk_size`).
+            GPU memory (``lfssd_tutorial.importance.default_sample_chunk_size``).
         autocast_dtype: ``None`` (default) computes in full float32. A low-precision
             dtype such as ``torch.bfloat16`` runs the forward pass (and so the backward's
             matrix products) under :func:`torch.autocast`; the importances are still
@@ -188,6 +188,8 @@ def compute_importance(
             relative error on your model first (``make bench`` reports it). With
             ``granularity="batch"`` only.
         channels_last: pass 4-D input batches in ``torch.channels_last`` memory format.
+            On the CPU it is refused for a model with a strided 1x1 convolution of fewer
+            than 8 input channels, whose CPU kernels corrupt memory (oneDNN issue #6035).
             Pair it with ``model.to(memory_format=torch.channels_last)``; the values are
             the same up to float rounding.
 
@@ -216,6 +218,8 @@ def compute_importance(
     if granularity == "sample" and sample_chunk_size is None:
         sample_chunk_size = default_sample_chunk_size(params.values(), device)
     need_labels = objective == "fisher"
+    if channels_last and device.type == "cpu":
+        _check_cpu_channels_last(model)
     prepare = _input_preparer(device, channels_last)
     amp = _autocast_context(device, autocast_dtype)
 
@@ -260,6 +264,29 @@ def default_sample_chunk_size(params: Iterable[torch.Tensor], device: str | torc
     while chunk * 2 <= _MAX_SAMPLE_CHUNK and chunk * 2 * per_sample <= free // 4:
         chunk *= 2
     return chunk
+
+
+def _check_cpu_channels_last(model: nn.Module) -> None:
+    """Refuse channels_last on the CPU for a model with a strided 1x1 convolution of fewer
+    than 8 input channels (per group).
+
+    oneDNN's AVX2 kernel for the weight gradient of such a convolution in NHWC layout writes
+    past its workspace (oneDNN issue #6035): with torch 2.14.1 on an AVX2 CPU the gradients
+    came out wrong from call to call and the process aborted with heap corruption (e.g. a
+    ResNet of width 4, whose downsampling convolution has 4 input channels).
+    """
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, nn.Conv2d)
+            and tuple(module.kernel_size) == (1, 1)
+            and max(module.stride) > 1
+            and module.in_channels // module.groups < 8
+        ):
+            raise ValueError(
+                f"channels_last=True on the CPU with {name!r} (a 1x1 convolution of stride {tuple(module.stride)} and "
+                f"{module.in_channels // module.groups} input channels per group): the CPU kernels for its gradient in "
+                "channels_last layout corrupt memory (oneDNN issue #6035); use channels_last=False on the CPU"
+            )
 
 
 def _input_preparer(device: torch.device, channels_last: bool):

@@ -320,3 +320,16 @@ def test_sample_chunk_size_default_and_bad_values(cnn, batches, monkeypatch):
     for bad in (0, -1, 2.5, True, "8"):
         with pytest.raises(ValueError, match="sample_chunk_size"):
             compute_importance(cnn, batches, objective="l2", granularity="sample", sample_chunk_size=bad)
+
+
+def test_cpu_channels_last_refused_for_small_strided_1x1_convolutions(batches):
+    """oneDNN's CPU kernel for this case corrupts memory: refused with a clear error, before any pass."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 8, 1, stride=2), torch.nn.Flatten(), torch.nn.Linear(128, 5)
+    )
+    with pytest.raises(ValueError, match=r"'1'.*stride \(2, 2\).*4 input channels.*channels_last=False"):
+        compute_importance(model.to(memory_format=torch.channels_last), batches, objective="l2", channels_last=True)
+    compute_importance(model, batches, objective="l2")  # the default layout is fine
+    wide = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1, stride=2), torch.nn.Flatten(),
+                               torch.nn.Linear(128, 5))
+    compute_importance(wide.to(memory_format=torch.channels_last), batches, objective="l2", channels_last=True)
