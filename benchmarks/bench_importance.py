@@ -980,6 +980,14 @@ MEMORY_METHOD = (
 )
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How a benchmark script was called, less ``--out`` (a local path, not part of the measurement)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    shown = [a for i, a in enumerate(args)
+             if a != "--out" and not a.startswith("--out=") and not (i > 0 and args[i - 1] == "--out")]
+    return " ".join([f"python benchmarks/{script}", *shown])
+
+
 def main(argv: list[str] | None = None) -> int:
     global MIN_MEASUREMENT_S
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1048,10 +1056,6 @@ def main(argv: list[str] | None = None) -> int:
     load_before = loadavg()
     t0 = time.perf_counter()
     models: dict = {}
-    argv_list = sys.argv[1:] if argv is None else list(argv)
-    # The command as given, less --out (a local path, not part of the measurement).
-    shown = [a for i, a in enumerate(argv_list) if a != "--out" and not a.startswith("--out=")
-             and not (i > 0 and argv_list[i - 1] == "--out")]
 
     def result() -> dict:
         return {
@@ -1063,7 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
             "precision_reps": args.precision_reps,
             "scale": args.scale,
             "min_measurement_s": MIN_MEASUREMENT_S,
-            "command": " ".join(["python benchmarks/bench_importance.py", *shown]),
+            "command": command_line("bench_importance.py", argv),
             "seed": args.seed,
             "goals": GOALS,
             "loadavg_before": load_before,

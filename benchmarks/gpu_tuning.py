@@ -154,10 +154,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     log = lambda m: print(m, flush=True)  # noqa: E731
     log(f"# GPU tuning on {bench.host_name(device)} (torch {torch.__version__})")
-    shown = [a for i, a in enumerate(sys.argv[1:] if argv is None else argv)
-             if a != "--out" and not (i > 0 and (sys.argv[1:] if argv is None else argv)[i - 1] == "--out")]
     result = {"host": bench.host_name(device), "hardware": bench.hardware(device),
-              "command": " ".join(["python benchmarks/gpu_tuning.py", *shown]), "chunks": {}, "grouping": {}, "counts": {}}
+              "command": bench.command_line("gpu_tuning.py", argv), "chunks": {}, "grouping": {}, "counts": {}}
     if not args.no_chunks:
         log("## per-sample chunk (objective l2)")
         for name in args.models:

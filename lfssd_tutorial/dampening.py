@@ -303,7 +303,6 @@ class _Group:
         return [stop - start for _, start, stop in self.pieces]
 
 
-
 def _groups(params: list[torch.Tensor]) -> list[_Group]:
     """Cut the flattened parameters into groups: runs of small parameters of one device and
     dtype share a group; a large parameter gets groups of its own (read in place)."""
