@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test book bench clean-venv
+.PHONY: demo test book bench bench-dampening notebooks clean-venv
 
 $(STAMP): requirements-lock.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,17 @@ test: $(STAMP)
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
+## notebooks: execute every chapter in place (stored outputs, widget state, platform recorded)
+notebooks: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -c "import sys; from lfssd_tutorial.notebook import execute_notebooks; execute_notebooks(sys.argv[1:])" book/*.ipynb
+
 ## bench: the performance benchmark
 bench: $(STAMP)
 	$(PY) benchmarks/bench_importance.py
+
+## bench-dampening: the dampening against the importance pass over the papers' smallest forget set (83 CIFAR images)
+bench-dampening: $(STAMP)
+	$(PY) benchmarks/bench_importance.py --models resnet18 --only dampening --forget-images 83 --reps 9
 
 clean-venv:
 	rm -rf $(VENV)

@@ -41,10 +41,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lfssd_tutorial.data import make_loader  # noqa: E402
-from lfssd_tutorial.experiments import _model_factory, load_config, load_data  # noqa: E402
+from lfssd_tutorial.experiments import load_config, load_data, model_factory  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_importance import hardware, host_name, proc_kib  # noqa: E402
+from harness import hardware, host_name, proc_kib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +99,7 @@ def measure_data(loader, max_batches: int | None, log) -> dict:
 
 def measure_model(config, data, device: torch.device, steps: int, batch_size: int, workers: int, log) -> dict:
     """``steps`` SGD steps of the config's model on ``batch_size`` images; peak host RSS."""
-    factory = _model_factory(config, data, device)
+    factory = model_factory(config, data, device)
     try:
         model = factory()
         weights = "pretrained" if config.model.pretrained and config.model.name == "vit_b_16" else "random"
@@ -111,7 +110,7 @@ def measure_model(config, data, device: torch.device, steps: int, batch_size: in
         from dataclasses import replace
 
         config = replace(config, model=replace(config.model, pretrained=False))
-        model = _model_factory(config, data, device)()
+        model = model_factory(config, data, device)()
         weights = "random (pretrained weights unavailable offline; same memory)"
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=config.train.lr, momentum=config.train.momentum,

@@ -9,6 +9,7 @@ The public API::
     save_importance / load_importance                     # cache Imp_D across forget requests
 """
 
+from .checks import check_hyperparameters, check_importance
 from .dampening import (
     DampeningReport,
     NothingSelectedWarning,
@@ -16,7 +17,7 @@ from .dampening import (
     max_importance_ratio,
     select_and_dampen_,
 )
-from .importance import check_importance, compute_importance, load_importance, save_importance
+from .importance import compute_importance, load_importance, save_importance
 from .unlearn import unlearn, unlearning
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DampeningReport",
     "NothingSelectedWarning",
+    "check_hyperparameters",
     "check_importance",
     "compute_importance",
     "importance_ratios",

@@ -1,16 +1,16 @@
 """Command line: ``python -m lfssd_tutorial {demo,train,forget,report,sweep}``.
 
-A thin layer over :mod:`lfssd_tutorial.demo` and :mod:`lfssd_tutorial.experiments`.
+A thin layer over :mod:`lfssd_tutorial.demo` and :mod:`lfssd_tutorial.experiments`: each
+command parses its flags, calls one function there and prints what it returns.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
 def _demo(argv: list[str]) -> int:
-    import argparse
-
     from .demo import DemoConfig, format_table, run_demo
 
     parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial demo", description="Forget one class of the bundled digits data with SSD and LFSSD.")
@@ -25,7 +25,7 @@ def _demo(argv: list[str]) -> int:
     print(f"Forgetting digit {args.forget_class} of the bundled digits data (small CNN, CPU)")
     print(format_table(rows))
     for r in rows:
-        if r.get("selected") == 0:
+        if r.get("selected") == 0 and r.get("max_ratio") is not None:
             print(f"note: {r['method']} selected no weight: alpha={r['alpha']:g} is above the largest ratio "
                   f"Imp_Df/Imp_D = {r['max_ratio']:.2f}, so the model is returned unchanged.")
     print(f"wrote {args.out}/results.json and {args.out}/results.csv")
@@ -60,8 +60,6 @@ def _setup(args):
 
 
 def _train(argv: list[str]) -> int:
-    import argparse
-
     from .experiments import run_train
 
     parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial train",
@@ -79,8 +77,6 @@ def _train(argv: list[str]) -> int:
 
 
 def _forget(argv: list[str]) -> int:
-    import argparse
-
     from .experiments import run_forget
 
     parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial forget",
@@ -105,8 +101,6 @@ def _forget(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    import argparse
-
     from .experiments import write_report
 
     parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial report", description="Markdown/CSV tables (mean ± sd over seeds) and plots of a results file.")
@@ -125,8 +119,6 @@ def _report(argv: list[str]) -> int:
 
 
 def _sweep(argv: list[str]) -> int:
-    import argparse
-
     from .experiments import run_sweep
 
     parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial sweep", description="Acc(D_r) and Acc(D_f) over an alpha x lambda grid, with a heatmap.")

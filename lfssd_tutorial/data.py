@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .utils import atomic_write_text
+
 __all__ = [
     "CIFAR100_FINE_CLASSES",
     "CIFAR100_COARSE_CLASSES",
@@ -51,6 +53,7 @@ __all__ = [
     "sub_class_split",
     "random_split",
     "make_loader",
+    "Relabelled",
     "cifar_transforms",
 ]
 
@@ -142,18 +145,26 @@ def _index(name: str | int, names: Sequence[str], what: str, dataset: str) -> in
     return list(names).index(name)
 
 
-class _Relabelled(Dataset):
-    """Wrap a dataset, replacing its labels with those of an array."""
+class Relabelled(Dataset):
+    """``base``'s samples with integer labels: ``(x, int(labels[i]))`` for the ``i``-th sample.
 
-    def __init__(self, base: Dataset, labels: np.ndarray):
+    Without ``labels``, the label is ``base``'s own (its last item) as a Python ``int``, so
+    datasets with tensor and integer labels can be concatenated.
+    """
+
+    def __init__(self, base: Dataset, labels: Sequence[int] | np.ndarray | None = None):
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.int64)
+            if len(labels) != len(base):
+                raise ValueError(f"one label per sample needed: {len(labels)} labels for {len(base)} samples")
         self.base, self.labels = base, labels
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.base)
 
     def __getitem__(self, i: int):
-        x, _ = self.base[i]
-        return x, int(self.labels[i])
+        item = self.base[i]
+        return item[0], int(item[-1] if self.labels is None else self.labels[i])
 
 
 # ---------------------------------------------------------------------------- digits
@@ -275,8 +286,8 @@ def load_cifar20(root: str | os.PathLike, *, download: bool = False, augment: bo
     test_coarse = _cifar100_coarse(root, False)
     return DataBundle(
         name="cifar20",
-        train=_Relabelled(fine.train, train_coarse),
-        test=_Relabelled(fine.test, test_coarse),
+        train=Relabelled(fine.train, train_coarse),
+        test=Relabelled(fine.test, test_coarse),
         train_labels=train_coarse,
         test_labels=test_coarse,
         classes=list(CIFAR100_COARSE_CLASSES),
@@ -370,11 +381,7 @@ class ForgetSplit:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the split's indices as JSON (atomically)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ForgetSplit":
@@ -478,8 +485,13 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    persistent_workers: bool | None = None,
 ) -> DataLoader:
-    """A DataLoader with an explicit seeded generator (deterministic shuffling)."""
+    """A DataLoader with an explicit generator seeded with ``seed`` (deterministic shuffling).
+
+    ``persistent_workers`` keeps the worker processes between epochs; by default it is on
+    whenever ``num_workers > 0``. Turn it off for a loader that is iterated only once or twice.
+    """
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
@@ -488,5 +500,5 @@ def make_loader(
         generator=generator,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
     )

@@ -1,9 +1,10 @@
 """The main job: forget one class of the bundled digits data with SSD and LFSSD.
 
-Trains the small CNN, retrains it from scratch without the forget class (the gold
-standard), runs SSD and LFSSD at working settings and at the published ``alpha = 10``,
-and prints Acc(D_r), Acc(D_f), MIA and wall time for each, writing the same table as
-JSON and CSV.
+The demo is a small experiment run by the experiments' runner
+(:func:`lfssd_tutorial.experiments.run_forget`): it trains the small CNN, retrains it
+from scratch without the forget class (the gold standard), runs SSD and LFSSD at
+working settings and at the published ``alpha = 10``, and returns Acc(D_r), Acc(D_f),
+MIA and wall time for each, writing the same table as JSON and CSV.
 """
 
 from __future__ import annotations
@@ -11,22 +12,19 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
-import warnings
-from dataclasses import asdict, dataclass, field
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from torch.utils.data import ConcatDataset
 
-from .dampening import NothingSelectedWarning, select_and_dampen_
-from .data import full_class_split, load_digits, make_loader
-from .importance import compute_importance
-from .metrics import entropy_mia, evaluate_accuracy
-from .models import SmallCNN
-from .training import TrainConfig, seed_everything, train_model
-from .unlearn import objective_for
+from .experiments import ExperimentConfig, config_from_dict, read_results, run_forget
+from .request import DIGITS_TRAIN_CONFIG
+from .training import TrainConfig
 
 __all__ = ["DemoConfig", "run_demo", "format_table"]
+
+#: The columns of ``results.csv``.
+COLUMNS = ["method", "acc_retain", "acc_forget", "mia", "seconds", "alpha", "lambda", "selected", "max_ratio"]
 
 
 @dataclass
@@ -37,7 +35,7 @@ class DemoConfig:
     seed: int = 0
     width: int = 16
     batch_size: int = 64
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, lr=0.05, milestones=(15, 25)))
+    train: TrainConfig = field(default_factory=lambda: replace(DIGITS_TRAIN_CONFIG))
     # (row label, method, alpha, lambda)
     methods: tuple[tuple[str, str, float, float], ...] = (
         ("SSD (alpha=7)", "ssd", 7.0, 1.0),
@@ -47,78 +45,46 @@ class DemoConfig:
     )
     threads: int | None = 2
 
+    def experiment(self) -> ExperimentConfig:
+        """The demo as an experiment config: full-class forgetting of ``forget_class`` on the
+        digits, one training seed, the rows Original, Retrain (from scratch) and ``methods``."""
+        dampening = [{"method": m, "alpha": a, "lambda": lam, "label": label} for label, m, a, lam in self.methods]
+        return config_from_dict({
+            "name": "demo",
+            "data": {"dataset": "digits", "batch_size": self.batch_size},
+            "model": {"name": "small_cnn", "width": self.width},
+            "train": asdict(self.train),
+            "scenario": {"kind": "full_class", "targets": [str(self.forget_class)]},
+            "methods": ["original", {"method": "retrain", "label": "Retrain (from scratch)"}, *dampening],
+            "seeds": [self.seed],
+        })
 
-def _evaluate(model, loaders) -> dict[str, float]:
-    return {
-        "acc_retain": evaluate_accuracy(model, loaders["test_retain"]),
-        "acc_forget": evaluate_accuracy(model, loaders["test_forget"]),
-        "mia": entropy_mia(model, loaders["retain"], loaders["forget"], loaders["test"]),
-    }
+
+def _row(record: dict, seconds: float) -> dict:
+    row = {"method": record["label"], "acc_retain": record["acc_retain"], "acc_forget": record["acc_forget"],
+           "mia": record["mia"], "seconds": seconds}
+    if "selected" in record:
+        row.update({k: record[k] for k in ("alpha", "lambda", "selected", "max_ratio")})
+    return row
 
 
 def run_demo(config: DemoConfig | None = None, *, out_dir: str | os.PathLike | None = "runs/demo", progress: bool = True) -> list[dict]:
-    """Run the demo and return its rows; write ``results.json`` and ``results.csv`` to ``out_dir``."""
+    """Run the demo and return its rows; write ``results.json`` and ``results.csv`` to ``out_dir``.
+
+    Every run trains afresh, on the CPU: the runner works in a temporary folder.
+    """
     config = config or DemoConfig()
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device("cpu")
-    data = load_digits()
-    split = full_class_split(data, config.forget_class)
-    bs = config.batch_size
-    loaders = {
-        "retain": make_loader(split.retain_set(data), batch_size=bs),
-        "forget": make_loader(split.forget_set(data), batch_size=bs),
-        "test": make_loader(data.test, batch_size=bs),
-        "test_retain": make_loader(split.test_retain_set(data), batch_size=bs),
-        "test_forget": make_loader(split.test_forget_set(data), batch_size=bs),
-        # D as the reference code builds it: retain samples, then forget samples, unshuffled.
-        "full": make_loader(ConcatDataset([split.retain_set(data), split.forget_set(data)]), batch_size=bs),
-    }
-    rows: list[dict] = []
-
-    def model_factory():
-        return SmallCNN(in_channels=1, num_classes=data.num_classes, width=config.width)
-
-    seed_everything(config.seed)
-    original = model_factory()
-    t0 = time.perf_counter()
-    train_model(original, make_loader(data.train, batch_size=bs, shuffle=True, seed=config.seed), config.train, device=device, progress=progress)
-    seconds = time.perf_counter() - t0
-    rows.append({"method": "Original", **_evaluate(original, loaders), "seconds": seconds})
-
-    seed_everything(config.seed + 1)
-    retrained = model_factory()
-    t0 = time.perf_counter()
-    train_model(retrained, make_loader(split.retain_set(data), batch_size=bs, shuffle=True, seed=config.seed), config.train, device=device, progress=progress)
-    seconds = time.perf_counter() - t0
-    rows.append({"method": "Retrain (from scratch)", **_evaluate(retrained, loaders), "seconds": seconds})
-
-    for label, method, alpha, lambda_ in config.methods:
-        model = model_factory()
-        model.load_state_dict(original.state_dict())
-        objective = objective_for(method)
-        t0 = time.perf_counter()
-        full_imp = compute_importance(model, loaders["full"], objective=objective)
-        forget_imp = compute_importance(model, loaders["forget"], objective=objective)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NothingSelectedWarning)
-            report = select_and_dampen_(model, full_imp, forget_imp, alpha=alpha, lambda_=lambda_)
-        seconds = time.perf_counter() - t0
-        rows.append({
-            "method": label,
-            **_evaluate(model, loaders),
-            "seconds": seconds,
-            "alpha": alpha,
-            "lambda": lambda_,
-            "selected": report.total_selected,
-            "max_ratio": report.max_ratio,
-        })
-
+    with tempfile.TemporaryDirectory() as work:
+        records = run_forget(config.experiment(), out_dir=work, device="cpu", progress=progress)
+        seconds = {t["key"]: t["seconds"] for t in read_results(os.path.join(work, "timings.jsonl"))}
+    rows = [_row(r, seconds[r["key"]]) for r in records]
     meta = {
-        "data": data.name,
-        "forget_class": data.classes[config.forget_class],
-        "n_train": len(data.train),
-        "n_forget": len(split.forget),
+        "data": records[0]["dataset"],
+        "forget_class": records[0]["target"],
+        "n_train": records[0]["n_retain"] + records[0]["n_forget"],
+        "n_forget": records[0]["n_forget"],
         "config": asdict(config),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -127,12 +93,11 @@ def run_demo(config: DemoConfig | None = None, *, out_dir: str | os.PathLike | N
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
-        columns = ["method", "acc_retain", "acc_forget", "mia", "seconds", "alpha", "lambda", "selected", "max_ratio"]
         with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: row.get(k, "") for k in columns})
+                writer.writerow({k: row.get(k, "") for k in COLUMNS})
     return rows
 
 
@@ -142,7 +107,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         sel = f"{r['selected']:,}" if "selected" in r else "-"
-        ratio = f"{r['max_ratio']:.2f}" if "max_ratio" in r else "-"
+        ratio = f"{r['max_ratio']:.2f}" if r.get("max_ratio") is not None else "-"
         lines.append(
             f"{r['method']:<30} {r['acc_retain']:>9.2f} {r['acc_forget']:>9.2f} {r['mia']:>7.2f} {sel:>9} {ratio:>10} {r['seconds']:>8.2f}"
         )

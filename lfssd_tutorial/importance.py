@@ -29,19 +29,24 @@ Two granularities:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_choice, check_importance, trainable_parameters
+from .utils import atomic_save, autocast, progress as progress_bar, resolve_device
+
 __all__ = [
     "OBJECTIVES",
     "GRANULARITIES",
     "compute_importance",
+    "batch_objective",
+    "accumulate_",
+    "default_sample_chunk_size",
     "split_batch",
-    "check_importance",
     "save_importance",
     "load_importance",
 ]
@@ -93,30 +98,36 @@ def split_batch(batch: Any, *, need_labels: bool) -> tuple[torch.Tensor, torch.T
     return inputs, labels
 
 
-def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if not params:
-        raise ValueError("the model has no parameters with requires_grad=True")
-    return params
+def batch_objective(logits: torch.Tensor, labels: torch.Tensor | None, objective: str) -> torch.Tensor:
+    """The scalar whose gradient the batch estimator squares (``"fisher"``) or takes the
+    absolute value of (``"l2"``): the reference code's objective, a mean over the batch.
 
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _objective_batch_mean(logits: torch.Tensor, labels: torch.Tensor | None, objective: str) -> torch.Tensor:
-    """The reference code's per-batch objective: mean over the batch."""
+    ``"fisher"``: the cross-entropy of ``logits`` with ``labels``; ``"l2"``: the squared l2
+    norm of each sample's logits, ``||f(x)||_2^2``, averaged over the batch (no labels).
+    """
     if objective == "fisher":
         return F.cross_entropy(logits, labels)
-    # ||f(x)||_2^2 per sample, averaged over the batch (LFSSD reference code).
     return logits.pow(2).sum(dim=1).mean()
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+def accumulate_(acc: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], objective: str) -> None:
+    """Add one batch's gradients to the float32 accumulators, in place: ``acc += g**2``
+    (``"fisher"``) or ``acc += |g|`` (``"l2"``), fused over all parameters.
+
+    ``grads`` are fresh tensors owned by the caller (the absolute value is taken in place,
+    so they are overwritten); ``None`` entries (parameters the objective does not reach)
+    are skipped.
+    """
+    used = [(a, g) for a, g in zip(acc, grads) if g is not None]
+    if not used:
+        return
+    a_list = [a for a, _ in used]
+    g_list = [g if g.dtype == torch.float32 else g.float() for _, g in used]
+    if objective == "fisher":
+        torch._foreach_addcmul_(a_list, g_list, g_list)
+    else:
+        torch._foreach_abs_(g_list)
+        torch._foreach_add_(a_list, g_list)
 
 
 class _EvalMode:
@@ -134,18 +145,6 @@ class _EvalMode:
     def __exit__(self, *exc: object) -> None:
         for module, flag in self.flags:
             module.training = flag
-
-
-def _progress(iterable: Iterable, enabled: bool, desc: str) -> Iterable:
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    try:
-        total = len(iterable)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 def compute_importance(
@@ -177,16 +176,13 @@ def compute_importance(
             The model must already live there.
         progress: show a progress bar over batches.
         sample_chunk_size: with ``granularity="sample"``, how many per-sample gradients
-            are materialised at once (memory is about ``chunk x #parameters`` floats, see
-            ``make bench``). ``None`` (default): 16 on the CPU; on a GPU the largest power of
-            two up to 256 whose per-sample gradients take at most a quarter of the free
-            GPU memory (``lfssd_tutorial.importance.default_sample_chunk_size``).
+            are materialised at once (memory is about ``chunk x #parameters`` floats).
+            ``None`` (default): :func:`default_sample_chunk_size`.
         autocast_dtype: ``None`` (default) computes in full float32. A low-precision
             dtype such as ``torch.bfloat16`` runs the forward pass (and so the backward's
             matrix products) under :func:`torch.autocast`; the importances are still
-            accumulated in float32. Faster on GPUs, but the values change: measure the
-            relative error on your model first (``make bench`` reports it). With
-            ``granularity="batch"`` only.
+            accumulated in float32. The values change with the precision: check the
+            relative error on your model first. With ``granularity="batch"`` only.
         channels_last: pass 4-D input batches in ``torch.channels_last`` memory format.
             On the CPU it is refused for a model with a strided 1x1 convolution of fewer
             than 8 input channels, whose CPU kernels corrupt memory (oneDNN issue #6035).
@@ -202,8 +198,8 @@ def compute_importance(
             labels for ``"fisher"``, or a non-finite importance.
         TypeError: the loader yields something other than tensors.
     """
-    _check_choice("objective", objective, OBJECTIVES)
-    _check_choice("granularity", granularity, GRANULARITIES)
+    check_choice("objective", objective, OBJECTIVES)
+    check_choice("granularity", granularity, GRANULARITIES)
     if sample_chunk_size is not None and (isinstance(sample_chunk_size, bool) or not isinstance(sample_chunk_size, int)
                                           or sample_chunk_size < 1):
         raise ValueError(f"sample_chunk_size must be None or an int >= 1, got {sample_chunk_size!r}")
@@ -213,19 +209,20 @@ def compute_importance(
         # torch.func's vmap does not compose with autocast for every layer (BatchNorm
         # receives mixed dtypes); per-sample importances stay in float32.
         raise ValueError('autocast_dtype is supported with granularity="batch" only')
-    device = torch.device(device) if device is not None else _model_device(model)
-    params = _trainable(model)
+    device = resolve_device(device, model)
+    params = trainable_parameters(model)
     if granularity == "sample" and sample_chunk_size is None:
         sample_chunk_size = default_sample_chunk_size(params.values(), device)
     need_labels = objective == "fisher"
     if channels_last and device.type == "cpu":
         _check_cpu_channels_last(model)
     prepare = _input_preparer(device, channels_last)
-    amp = _autocast_context(device, autocast_dtype)
 
     with _EvalMode(model):
         if granularity == "batch":
-            acc, count = _batch_importance(model, params, loader, objective, need_labels, prepare, amp, progress)
+            acc, count = _batch_importance(
+                model, params, loader, objective, need_labels, prepare, device, autocast_dtype, progress
+            )
         else:
             acc, count = _sample_importance(
                 model, params, loader, objective, need_labels, prepare, progress, sample_chunk_size
@@ -249,12 +246,7 @@ _MAX_SAMPLE_CHUNK = 256
 def default_sample_chunk_size(params: Iterable[torch.Tensor], device: str | torch.device) -> int:
     """The per-sample estimator's chunk when none is given: 16 on the CPU; on a GPU the
     largest power of two <= 256 with ``chunk x 1.5 x (float32 parameter bytes)`` within a
-    quarter of the GPU's free memory.
-
-    On an H100 (``benchmarks/gpu_tuning.py``, results in ``results/``) a chunk's peak was
-    about 1.25x the parameter bytes per sample for the CIFAR ResNet18, and larger chunks
-    were faster all the way to 256: 26x the batch estimator's time at chunk 16, 6.3x at 64,
-    3.6x at 256."""
+    quarter of the GPU's free memory."""
     device = torch.device(device)
     if device.type != "cuda":
         return _CPU_SAMPLE_CHUNK
@@ -268,12 +260,8 @@ def default_sample_chunk_size(params: Iterable[torch.Tensor], device: str | torc
 
 def _check_cpu_channels_last(model: nn.Module) -> None:
     """Refuse channels_last on the CPU for a model with a strided 1x1 convolution of fewer
-    than 8 input channels (per group).
-
-    oneDNN's AVX2 kernel for the weight gradient of such a convolution in NHWC layout writes
-    past its workspace (oneDNN issue #6035): with torch 2.14.1 on an AVX2 CPU the gradients
-    came out wrong from call to call and the process aborted with heap corruption (e.g. a
-    ResNet of width 4, whose downsampling convolution has 4 input channels).
+    than 8 input channels (per group): the CPU kernels for the weight gradient of such a
+    convolution in channels_last layout write past their workspace (oneDNN issue #6035).
     """
     for name, module in model.named_modules():
         if (
@@ -304,56 +292,29 @@ def _input_preparer(device: torch.device, channels_last: bool):
     return prepare
 
 
-def _autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """A factory of contexts for the forward pass: autocast to ``dtype``, or nothing."""
-    import contextlib
-
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def _batch_importance(model, params, loader, objective, need_labels, prepare, amp, progress):
+def _batch_importance(model, params, loader, objective, need_labels, prepare, device, autocast_dtype, progress):
     tensors = list(params.values())
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     n_batches = 0
-    for batch in _progress(loader, progress, f"importance ({objective}, batch)"):
+    for batch in progress_bar(loader, progress, f"importance ({objective}, batch)"):
         inputs, labels = split_batch(batch, need_labels=need_labels)
         if inputs.shape[0] == 0:
             continue
         inputs, labels = prepare(inputs, labels)
-        with amp():
+        with autocast(device, autocast_dtype):
             logits = model(inputs)
         # The objective is always evaluated in float32 (autocast only covers the model).
-        loss = _objective_batch_mean(logits.float(), labels, objective)
+        loss = batch_objective(logits.float(), labels, objective)
         del logits
         # autograd.grad returns fresh tensors and never touches p.grad.
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
         del loss
-        _accumulate_(acc, grads, objective)
+        accumulate_(acc, grads, objective)
         # Free this batch's gradients before the next backward pass, so that at most one
         # set of gradients is alive beside the accumulators.
         del grads
         n_batches += 1
     return acc, n_batches
-
-
-def _accumulate_(acc: list[torch.Tensor], grads, objective: str) -> None:
-    """``acc += g**2`` (fisher) or ``acc += |g|`` (l2), fused over all parameters.
-
-    ``grads`` are fresh tensors owned by the caller (``abs`` is taken in place); ``None``
-    entries (parameters the objective does not reach) are skipped.
-    """
-    used = [(a, g) for a, g in zip(acc, grads) if g is not None]
-    if not used:
-        return
-    a_list = [a for a, _ in used]
-    g_list = [g if g.dtype == torch.float32 else g.float() for _, g in used]
-    if objective == "fisher":
-        torch._foreach_addcmul_(a_list, g_list, g_list)
-    else:
-        torch._foreach_abs_(g_list)
-        torch._foreach_add_(a_list, g_list)
 
 
 def _sample_importance(model, params, loader, objective, need_labels, prepare, progress, chunk):
@@ -379,7 +340,7 @@ def _sample_importance(model, params, loader, objective, need_labels, prepare, p
         )
 
     n_samples = 0
-    for batch in _progress(loader, progress, f"importance ({objective}, sample)"):
+    for batch in progress_bar(loader, progress, f"importance ({objective}, sample)"):
         inputs, labels = split_batch(batch, need_labels=need_labels)
         inputs, labels = prepare(inputs, labels)
         for start in range(0, inputs.shape[0], chunk):
@@ -401,103 +362,6 @@ def _sample_importance(model, params, loader, objective, need_labels, prepare, p
             del gs
             n_samples += x.shape[0]
     return acc, n_samples
-
-
-# Tensors below this size are handled together (one concatenation, then one operation)
-# rather than one by one: for a model of many small tensors the per-operation cost
-# dominates. Used by the checks here and by the dampening.
-_SMALL_NUMEL = 2**16
-
-
-def _all_finite_nonnegative(values: Iterable[torch.Tensor]) -> bool:
-    """True when every element of every tensor is finite and >= 0, with one synchronisation.
-
-    Per tensor, the smallest and largest elements suffice (one ``aminmax`` pass): NaN
-    propagates to both, ``-inf`` and negatives show in the minimum, ``+inf`` in the maximum.
-    Small tensors are concatenated (per device) and reduced at once.
-    """
-    try:
-        large, small = [], {}
-        for v in values:
-            if v.numel() >= _SMALL_NUMEL:
-                large.append(v)
-            elif v.numel():
-                small.setdefault(v.device, []).append(v.detach().reshape(-1).float())
-        parts = [torch.cat(group) for group in small.values()] + large
-        extremes = [torch.stack(torch.aminmax(v)).float() for v in parts]
-        if not extremes:
-            return True
-        device = extremes[0].device
-        both = torch.cat([e.to(device) for e in extremes])
-        return bool((torch.isfinite(both) & (both >= 0)).all())
-    except RuntimeError:  # an unusual dtype: let the element-wise checks decide
-        return False
-
-
-def check_importance(
-    importance: Mapping[str, torch.Tensor],
-    model: nn.Module | None = None,
-    *,
-    name: str = "importance",
-) -> None:
-    """Validate an importance dict; raise a ``ValueError`` naming the first problem.
-
-    Checks that it is a non-empty mapping of tensors with finite, non-negative values,
-    and, when ``model`` is given, that its keys are exactly the names of the model's
-    trainable parameters and every shape matches.
-    """
-    _check_importances([(importance, name)], model)
-
-
-def _check_importances(
-    named: list[tuple[Mapping[str, torch.Tensor], str]], model: nn.Module | None, *, values: bool = True
-) -> None:
-    """:func:`check_importance` for several ``(importance, name)`` pairs at once: one
-    reduction for all their values and one walk over the model's parameters.
-
-    ``values=False`` checks only the types, keys and shapes; the caller then checks the
-    values itself (:func:`_name_bad_values` names the offending entry).
-    """
-    for importance, name in named:
-        if not isinstance(importance, Mapping) or len(importance) == 0:
-            raise ValueError(f"{name} must be a non-empty dict of tensors, got {type(importance).__name__}")
-        for key, value in importance.items():
-            if not isinstance(value, torch.Tensor):
-                raise ValueError(f"{name}[{key!r}] is a {type(value).__name__}, not a tensor")
-    if values and not _all_finite_nonnegative([v for importance, _ in named for v in importance.values()]):
-        _name_bad_values(named)
-    if model is None:
-        return
-    params = _trainable(model)
-    for importance, name in named:
-        missing = [k for k in params if k not in importance]
-        extra = [k for k in importance if k not in params]
-        if missing:
-            raise ValueError(f"{name} is missing {len(missing)} parameter(s) of the model, e.g. {missing[:3]}")
-        if extra:
-            raise ValueError(f"{name} has {len(extra)} key(s) that are not trainable parameters of the model, e.g. {extra[:3]}")
-        for key, p in params.items():
-            if tuple(importance[key].shape) != tuple(p.shape):
-                raise ValueError(
-                    f"{name}[{key!r}] has shape {tuple(importance[key].shape)}, "
-                    f"but the parameter has shape {tuple(p.shape)}"
-                )
-
-
-def _name_bad_values(named: list[tuple[Mapping[str, torch.Tensor], str]]) -> None:
-    """Raise a ``ValueError`` naming the first entry with a NaN, inf or negative value, or
-    with a value beyond float32's range, in which the package computes (the slow path, run
-    only once a fast check has failed)."""
-    for importance, name in named:
-        for key, value in importance.items():
-            if not torch.isfinite(value).all():
-                raise ValueError(f"{name}[{key!r}] contains NaN or inf values")
-            if value.numel() and value.min() < 0:
-                raise ValueError(f"{name}[{key!r}] has negative values; importances are >= 0")
-    for importance, name in named:
-        for key, value in importance.items():
-            if not torch.isfinite(value.float()).all():
-                raise ValueError(f"{name}[{key!r}] has values that overflow float32, in which importances are computed")
 
 
 def save_importance(
@@ -522,10 +386,7 @@ def save_importance(
         "metadata": meta,
         "importance": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in importance.items()},
     }
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_save(payload, path)
 
 
 def load_importance(

@@ -1,15 +1,17 @@
-"""Unlearning metrics: accuracy and the softmax-entropy membership inference attack (MIA)."""
+"""Unlearning metrics: accuracy, the softmax-entropy membership inference attack (MIA), and
+evaluators (functions from a model to named metrics)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from .training import evaluate_accuracy, predict
 
-__all__ = ["accuracy", "softmax_entropy", "entropy_mia"]
+__all__ = ["accuracy", "softmax_entropy", "entropy_mia", "Evaluator", "accuracy_evaluator"]
 
 accuracy = evaluate_accuracy
 
@@ -48,3 +50,25 @@ def entropy_mia(
     clf = LogisticRegression(class_weight="balanced", solver="lbfgs")
     clf.fit(x, y)
     return 100.0 * float(clf.predict(forget).mean())
+
+
+#: A function from a model to named metrics, e.g. ``{"Acc(D_r)": 99.5, "Acc(D_f)": 0.0}``.
+Evaluator = Callable[[nn.Module], Mapping[str, float]]
+
+
+def accuracy_evaluator(loaders: Mapping[str, Iterable], *, device: str | torch.device | None = None) -> Evaluator:
+    """A function ``model -> {name: accuracy in percent}`` over the given labelled loaders.
+
+    Example::
+
+        evaluate = accuracy_evaluator({"Acc(D_r)": test_retain_loader, "Acc(D_f)": test_forget_loader})
+        evaluate(model)   # {"Acc(D_r)": 99.5, "Acc(D_f)": 0.0}
+    """
+    if not loaders:
+        raise ValueError("give at least one loader to evaluate on")
+    loaders = dict(loaders)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return {name: evaluate_accuracy(model, loader, device=device) for name, loader in loaders.items()}
+
+    return evaluate

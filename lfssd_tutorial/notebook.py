@@ -1,4 +1,4 @@
-"""Set-up shared by every chapter of the book.
+"""Set-up shared by every chapter of the book, and the execution of the chapters.
 
 Each chapter starts with::
 
@@ -8,17 +8,32 @@ Each chapter starts with::
 which makes the chapter's stored outputs reproducible: every random number generator
 is seeded, torch uses a fixed number of CPU threads (floating-point sums are then
 accumulated in the same order on every run), and figures have fixed defaults. It
-prints nothing that depends on the machine, so the stored outputs are the same on a
-laptop, in CI and on Colab.
+prints nothing that depends on the machine.
+
+Bit-identical outputs need more than seeds: the same torch version and the same kind
+of CPU (different processors run different vectorised kernels, whose roundings differ,
+and training amplifies the difference). :func:`execute_notebooks` therefore records
+:func:`execution_platform` in each notebook's metadata, and the test suite compares the
+stored outputs exactly where the platform matches; elsewhere it executes every cell
+and fails on any error, without comparing the numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+from collections.abc import Iterable
+
 import torch
 
-from .training import default_device, seed_everything
+from .training import seed_everything
+from .utils import resolve_device
 
-__all__ = ["FIGURE_DEFAULTS", "setup_notebook"]
+__all__ = ["FIGURE_DEFAULTS", "setup_notebook", "execution_platform", "execute_notebooks", "PLATFORM_KEY"]
+
+#: Where :func:`execute_notebooks` records the platform in a notebook's metadata.
+PLATFORM_KEY = "lfssd_tutorial_platform"
 
 #: Matplotlib defaults for the book's figures (inline PNGs).
 FIGURE_DEFAULTS: dict[str, object] = {
@@ -77,4 +92,52 @@ def setup_notebook(seed: int = 0, threads: int | None = 2) -> torch.device:
         torch.set_num_threads(threads)
     seed_everything(seed)
     _configure_matplotlib()
-    return default_device()
+    return resolve_device()
+
+
+def _cpu_description() -> str:
+    """The CPU's model name and a digest of its instruction-set flags (Linux), else the
+    processor string Python reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = hashlib.sha256(fields.get("flags", "").encode()).hexdigest()[:12]
+    return f"{fields.get('model name', platform.machine())}, cache {fields.get('cache size', '?')}, flags {flags}"
+
+
+def execution_platform() -> str:
+    """What decides whether a chapter's outputs are reproduced bit for bit, besides the seeds
+    and the thread count that :func:`setup_notebook` fixes: the CPU (model, cache size,
+    instruction-set flags) and torch (version and the vectorised kernels it chose).
+
+    Two machines with the same string give the same stored outputs; two with different
+    strings may differ in the last digits of anything that was trained.
+    """
+    version = torch.__version__.split("+")[0]
+    return f"{_cpu_description()}; torch {version} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def execute_notebooks(paths: Iterable[str | os.PathLike], *, timeout: int = 1800) -> None:
+    """Execute each notebook in place, top to bottom in one kernel, from its own folder.
+
+    Widget state is stored (the book shows the widgets), and the platform of the run
+    (:func:`execution_platform`, read inside the kernel after the last cell) is recorded in
+    the notebook's metadata under :data:`PLATFORM_KEY`. Needs ``nbclient`` (installed with
+    the ``book`` extra).
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    for path in paths:
+        path = os.path.abspath(os.fspath(path))
+        nb = nbformat.read(path, as_version=4)
+        probe = nbformat.v4.new_code_cell("import lfssd_tutorial.notebook\nprint(lfssd_tutorial.notebook.execution_platform())")
+        nb.cells.append(probe)
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                       resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+        nb.cells.remove(probe)
+        nb.metadata[PLATFORM_KEY] = "".join(out.get("text", "") for out in probe.outputs).strip()
+        nbformat.write(nb, path)

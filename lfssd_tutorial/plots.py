@@ -7,6 +7,7 @@ numbers come from the package's estimators, dampening and metrics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ __all__ = [
     "plot_entropy_histograms",
     "plot_ratio_histogram",
     "plot_selection_per_layer",
+    "plot_sweep_heatmaps",
 ]
 
 
@@ -204,3 +206,77 @@ def plot_selection_per_layer(reports, *, ax=None, title: str | None = None, frac
     if len(reports) > 1:
         ax.legend(fontsize=8)
     return ax
+
+
+def _ratio_position(alphas: np.ndarray, ratio: float) -> float | None:
+    """Where ``ratio`` falls on a categorical axis of increasing ``alphas`` (log-interpolated)."""
+    if not math.isfinite(ratio) or ratio <= 0 or len(alphas) < 2 or np.any(np.diff(alphas) <= 0):
+        return None
+    if ratio < alphas[0] or ratio > alphas[-1]:
+        return None
+    return float(np.interp(math.log(ratio), np.log(alphas), np.arange(len(alphas))))
+
+
+def plot_sweep_heatmaps(
+    sweeps,
+    *,
+    metrics: Sequence[str] | None = None,
+    vmin: float = 0.0,
+    vmax: float = 100.0,
+    cmap: str = "viridis",
+    annotate: bool = True,
+    fmt: str = "{:.0f}",
+):
+    """Heatmaps of sweeps: one row per sweep, one column per metric; alpha across, lambda up.
+
+    ``sweeps`` is a :class:`~lfssd_tutorial.sweep.SweepResult` or a sequence of them.
+
+    The largest importance ratio is given in each title and drawn as a dashed red line at
+    its (log-interpolated) position on the alpha axis when it falls inside the grid: every
+    column to its right selects nothing and shows the original model. Returns the
+    matplotlib figure (constrained layout, one shared colour bar).
+    """
+    import matplotlib.pyplot as plt
+
+    from .sweep import SweepResult
+
+    sweeps = [sweeps] if isinstance(sweeps, SweepResult) else list(sweeps)
+    if not sweeps:
+        raise ValueError("give at least one SweepResult")
+    metrics = list(metrics) if metrics is not None else list(sweeps[0].metrics)
+    n_rows, n_cols = len(sweeps), len(metrics)
+    width = max(3.0, 0.42 * len(sweeps[0].alphas) + 1.2)
+    height = max(1.8, 0.36 * len(sweeps[0].lambdas) + 1.2)
+    # An explicit constrained layout leaves room for the shared colour bar (tight_layout cannot).
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols + 1.0, height * n_rows), squeeze=False,
+                             layout="constrained")
+    image = None
+    for r, sweep in enumerate(sweeps):
+        for c, metric in enumerate(metrics):
+            ax = axes[r][c]
+            grid = sweep.metrics[metric]
+            image = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap=cmap, origin="lower", aspect="auto")
+            ax.set_xticks(range(len(sweep.alphas)))
+            ax.set_xticklabels([f"{a:g}" for a in sweep.alphas])
+            ax.set_yticks(range(len(sweep.lambdas)))
+            ax.set_yticklabels([f"{lam:g}" for lam in sweep.lambdas])
+            ax.set_xlabel("alpha")
+            ax.set_ylabel("lambda")
+            ax.grid(False)
+            title = f"{sweep.label}: {metric}" if sweep.label else metric
+            if math.isfinite(sweep.max_ratio):
+                title += f" (max ratio {sweep.max_ratio:.2f})"
+            ax.set_title(title, fontsize=9)
+            if annotate:
+                for i in range(grid.shape[0]):
+                    for j in range(grid.shape[1]):
+                        value = grid[i, j]
+                        shade = (value - vmin) / max(vmax - vmin, 1e-12)
+                        ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=7,
+                                color="black" if shade > 0.6 else "white")
+            pos = _ratio_position(sweep.alphas, sweep.max_ratio)
+            if pos is not None:
+                ax.axvline(pos, color="red", linestyle="--", linewidth=1.5)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="%")
+    return fig

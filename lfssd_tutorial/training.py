@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .importance import split_batch
+from .utils import autocast, progress as progress_bar, resolve_device
 
-__all__ = ["TrainConfig", "seed_everything", "default_device", "train_model", "predict", "evaluate_accuracy"]
+__all__ = ["TrainConfig", "seed_everything", "amp_dtype", "train_model", "predict", "evaluate_accuracy"]
 
 
 def seed_everything(seed: int) -> None:
@@ -22,11 +22,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -54,18 +49,10 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _progress(iterable, enabled: bool, desc: str, total: int | None = None):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False)
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of a training step: bf16 when ``amp`` is on and ``device`` is CUDA,
+    else ``None`` (full precision)."""
+    return torch.bfloat16 if amp and device.type == "cuda" else None
 
 
 def train_model(
@@ -83,7 +70,7 @@ def train_model(
     On CUDA the forward pass runs under bf16 autocast when ``config.amp``.
     """
     config = config or TrainConfig()
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(config.milestones), gamma=config.gamma)
@@ -94,7 +81,7 @@ def train_model(
     warmup_steps = config.warmup_epochs * (steps_per_epoch or 0)
     step = 0
     model.train()
-    for epoch in _progress(range(config.epochs), progress, "epochs"):
+    for epoch in progress_bar(range(config.epochs), progress, "epochs"):
         for batch in loader:
             inputs, labels = split_batch(batch, need_labels=True)
             inputs = inputs.to(device, non_blocking=True)
@@ -102,7 +89,7 @@ def train_model(
             if step < warmup_steps:
                 for group in opt.param_groups:
                     group["lr"] = config.lr * (step + 1) / warmup_steps
-            with _autocast(device, config.amp):
+            with autocast(device, amp_dtype(device, config.amp)):
                 loss = F.cross_entropy(model(inputs), labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -122,14 +109,14 @@ def predict(
     amp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits (float32, CPU) for every sample of ``loader``, and the labels if the batches carry them."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device, model)
     was_training = model.training
     model.eval()
     logits, labels = [], []
     try:
         for batch in loader:
             inputs, y = split_batch(batch, need_labels=False)
-            with _autocast(device, amp):
+            with autocast(device, amp_dtype(device, amp)):
                 out = model(inputs.to(device, non_blocking=True))
             logits.append(out.float().cpu())
             if y is not None:

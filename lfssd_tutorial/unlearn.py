@@ -9,21 +9,20 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from .dampening import DampeningReport, _dampen, check_hyperparameters
-from .importance import GRANULARITIES, check_importance, compute_importance
+from .checks import check_choice, check_hyperparameters, check_importance
+from .dampening import DampeningReport, select_and_dampen_
+from .importance import GRANULARITIES, compute_importance
 
-__all__ = ["METHODS", "objective_for", "unlearn", "unlearning"]
+__all__ = ["DAMPENING_METHODS", "objective_for", "unlearn", "unlearning"]
 
-#: Unlearning method -> importance objective.
-METHODS = {"lfssd": "l2", "ssd": "fisher"}
+#: Dampening method -> importance objective.
+DAMPENING_METHODS = {"lfssd": "l2", "ssd": "fisher"}
 
 
 def objective_for(method: str) -> str:
     """The importance objective of an unlearning method: ``"lfssd" -> "l2"``, ``"ssd" -> "fisher"``."""
-    try:
-        return METHODS[method]
-    except KeyError:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, METHODS))}") from None
+    check_choice("method", method, DAMPENING_METHODS)
+    return DAMPENING_METHODS[method]
 
 
 def unlearn(
@@ -41,6 +40,7 @@ def unlearn(
     progress: bool = False,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    warn: bool = True,
 ) -> tuple[nn.Module, DampeningReport]:
     """Forget the data in ``forget_loader`` with LFSSD (default) or SSD.
 
@@ -65,13 +65,13 @@ def unlearn(
         progress: show progress bars.
         autocast_dtype, channels_last: passed to
             :func:`~lfssd_tutorial.compute_importance` (default: full float32).
+        warn: emit :class:`~lfssd_tutorial.NothingSelectedWarning` when nothing is selected.
 
     Returns:
         ``(unlearned model, DampeningReport)``.
     """
     objective = objective_for(method)
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; choose one of {', '.join(map(repr, GRANULARITIES))}")
+    check_choice("granularity", granularity, GRANULARITIES)
     check_hyperparameters(alpha, lambda_)
     if (full_loader is None) == (full_importance is None):
         raise ValueError("give exactly one of full_loader (to compute Imp_D) or full_importance (precomputed Imp_D)")
@@ -83,9 +83,9 @@ def unlearn(
     if full_importance is None:
         full_importance = compute_importance(target, full_loader, **options)
     forget_importance = compute_importance(target, forget_loader, **options)
-    # Both importances are validated already (check_importance above, and compute_importance
-    # checks what it returns, keyed by the model's own parameters): skip a second check.
-    report = _dampen(target, full_importance, forget_importance, alpha, lambda_, warn=True, stacklevel=3)
+    report = select_and_dampen_(target, full_importance, forget_importance, alpha=alpha, lambda_=lambda_, warn=False)
+    if warn:
+        report.warn_if_nothing_selected(stacklevel=2)
     return target, report
 
 

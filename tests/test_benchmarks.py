@@ -77,16 +77,78 @@ def test_importance_benchmark_runs_on_the_digits_cnn(tmp_path):
     assert "## The accumulation step alone" in md and "importance / reference loop (≤1.0x)" in md
 
 
-def test_benchmark_sizes():
-    """--scale gpu enlarges the synthetic sets; the digits set is the same at both scales."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+@pytest.fixture
+def benchmarks_on_path():
+    """The benchmark scripts' folder on sys.path, as when a script runs, for importing their modules."""
+    folder = str(ROOT / "benchmarks")
+    sys.path.insert(0, folder)
     try:
-        import bench_importance as bench
+        yield
     finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.path.remove(folder)
+
+
+def test_benchmark_sizes(benchmarks_on_path):
+    """--scale gpu enlarges the synthetic sets; the digits set is the same at both scales."""
+    import bench_setup as bench
+
     small, large = bench.sized("resnet18", "cpu"), bench.sized("resnet18", "gpu")
     assert "gpu" not in small and "gpu" not in large
     assert small["batch_size"] * small["n_batches"] < large["batch_size"] * large["n_batches"]
     assert bench.sized("small_cnn", "gpu") == bench.sized("small_cnn", "cpu")
     with pytest.raises(ValueError, match="scale"):
         bench.sized("resnet18", "tpu")
+
+
+@pytest.mark.parametrize("host", ["cpu-2core", "gpu-nvidia-h100-80gb-hbm3"])
+def test_report_writer_renders_the_committed_results(benchmarks_on_path, host):
+    """The report of a committed JSON result is its committed markdown, byte for byte."""
+    from bench_report import markdown
+
+    result = json.loads((ROOT / "results" / f"bench-{host}.json").read_text())
+    assert markdown(result) == (ROOT / "results" / f"bench-{host}.md").read_text()
+
+
+def test_paired_ratio_summary(benchmarks_on_path):
+    """Ratios pair the repetitions of one group; median, range and quartiles of those ratios."""
+    import harness
+
+    wall = {"a": [2.0, 4.0, 3.0], "b": [1.0, 2.0, 1.0], "c": [1.0, 1.0, 1.0]}
+    group = (wall, {k: [x / 2 for x in v] for k, v in wall.items()}, {k: 1 for k in wall})
+    other = ({"d": [5.0]}, {"d": [5.0]}, {"d": 2})
+    s = harness.summarise([group, other], {"a_vs_b": ("a", "b"), "a_vs_c": ("a", "c"), "a_vs_d": ("a", "d")})
+    assert s["ratios"] == {"a_vs_b": 2.0, "a_vs_c": 3.0} and s["ratio_ranges"]["a_vs_c"] == [2.0, 4.0]
+    assert s["ratio_quartiles"]["a_vs_c"] == [2.5, 3.5] and s["cpu_ratios"] == s["ratios"]
+    assert s["median_s"] == {"a": 3.0, "b": 1.0, "c": 1.0, "d": 5.0} and s["calls_per_measurement"]["d"] == 2
+    assert harness.command_line("x.py", ["--out", "o", "--reps", "1", "--out=p"]) == "python benchmarks/x.py --reps 1"
+
+
+def test_dampening_only_benchmark(tmp_path):
+    """--only dampening times the dampening against the importance pass over D_f and writes its own files."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_importance.py"), "--models", "small_cnn", "--only", "dampening",
+         "--forget-images", "83", "--reps", "1", "--threads", "1", "--min-measurement", "0.01", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| small_cnn |")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["l2", "83"], ["fisher", "83"]]
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
+    (path,) = tmp_path.glob("bench-dampening-*.json")
+    result = json.loads(path.read_text())
+    objectives = result["models"]["small_cnn"]["objectives"]
+    assert set(objectives) == {"l2", "fisher"} and all(o["ratios"]["dampen_vs_importance_Df"] > 0 for o in objectives.values())
+
+
+def test_gpu_tuning_script_runs_on_the_cpu(tmp_path):
+    """The chunk sweep and the counts run end to end (on the CPU here) and are written as JSON."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_tuning.py"), "--device", "cpu", "--models", "small_cnn",
+         "--chunks", "16", "--batches", "1", "--reps", "1", "--damp-reps", "1", "--threads", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = tmp_path.glob("gpu-tuning-cpu-*core.json")
+    result = json.loads(path.read_text())
+    assert [row["chunk"] for row in result["chunks"]["small_cnn"]["rows"]] == [16]
+    assert result["counts"]["small_cnn"]["pieces"] > 0

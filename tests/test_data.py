@@ -9,6 +9,7 @@ from lfssd_tutorial.data import (
     CIFAR100_FINE_CLASSES,
     CIFAR100_FINE_TO_COARSE,
     ForgetSplit,
+    Relabelled,
     full_class_split,
     load_cifar10,
     load_cifar20,
@@ -101,6 +102,25 @@ def test_loader_is_seeded():
     data = load_digits()
     first = lambda seed: next(iter(make_loader(data.train, batch_size=16, shuffle=True, seed=seed)))[1]  # noqa: E731
     assert torch.equal(first(1), first(1)) and not torch.equal(first(1), first(2))
+
+
+def test_relabelled_replaces_or_converts_labels():
+    base = torch.utils.data.TensorDataset(torch.arange(6.0).reshape(3, 2), torch.tensor([4, 5, 6]))
+    relabelled = Relabelled(base, np.array([0, 1, 2]))
+    assert len(relabelled) == 3
+    x, y = relabelled[2]
+    assert torch.equal(x, base[2][0]) and y == 2 and type(y) is int
+    x, y = Relabelled(base)[1]
+    assert torch.equal(x, base[1][0]) and y == 5 and type(y) is int
+    with pytest.raises(ValueError, match="one label per sample"):
+        Relabelled(base, [0, 1])
+
+
+def test_loader_persistent_workers():
+    data = load_digits()
+    assert not make_loader(data.test).persistent_workers
+    assert make_loader(data.test, num_workers=1).persistent_workers
+    assert not make_loader(data.test, num_workers=1, persistent_workers=False).persistent_workers
 
 
 def test_cifar10_official_format(tmp_path, monkeypatch):

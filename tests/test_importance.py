@@ -333,3 +333,17 @@ def test_cpu_channels_last_refused_for_small_strided_1x1_convolutions(batches):
     wide = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1, stride=2), torch.nn.Flatten(),
                                torch.nn.Linear(128, 5))
     compute_importance(wide.to(memory_format=torch.channels_last), batches, objective="l2", channels_last=True)
+
+
+@pytest.mark.parametrize("objective", ["l2", "fisher"])
+def test_batch_objective_and_accumulate(objective):
+    from lfssd_tutorial.importance import accumulate_, batch_objective
+
+    g = torch.Generator().manual_seed(3)
+    logits, labels = torch.randn(6, 5, generator=g), torch.randint(0, 5, (6,), generator=g)
+    torch.testing.assert_close(batch_objective(logits, labels, objective), _objective(logits, labels, objective))
+    acc = [torch.ones(3), torch.ones(2)]
+    grads = [torch.tensor([1.0, -2.0, 0.5]), None]
+    want = torch.ones(3) + (grads[0] ** 2 if objective == "fisher" else grads[0].abs())
+    accumulate_(acc, grads, objective)
+    assert torch.equal(acc[0], want) and torch.equal(acc[1], torch.ones(2))  # None entries are skipped

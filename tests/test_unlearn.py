@@ -99,3 +99,15 @@ def test_starting_kit_contract(setting):
     assert net is model
     for k, v in net.state_dict().items():
         assert torch.equal(v, expected.state_dict()[k])
+
+
+def test_warn_false_is_silent_and_the_method_table(setting):
+    from lfssd_tutorial.unlearn import DAMPENING_METHODS, objective_for
+
+    model, full, forget = setting
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, report = unlearn(model, forget, full_loader=full, alpha=1e6, warn=False)
+    assert report.nothing_selected
+    assert DAMPENING_METHODS == {"lfssd": "l2", "ssd": "fisher"}
+    assert [objective_for(m) for m in DAMPENING_METHODS] == ["l2", "fisher"]

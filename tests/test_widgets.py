@@ -1,6 +1,7 @@
-"""The alpha x lambda sweep, its heatmap and the ipywidgets explorer (lfssd_tutorial.widgets)."""
+"""The alpha x lambda sweep (lfssd_tutorial.sweep), its heatmap (plots) and the ipywidgets explorer (widgets)."""
 
 import copy
+import warnings
 
 import matplotlib
 
@@ -11,14 +12,10 @@ import pytest
 import torch
 
 from lfssd_tutorial import compute_importance, select_and_dampen_
-from lfssd_tutorial.widgets import (
-    SweepResult,
-    accuracy_evaluator,
-    alpha_lambda_explorer,
-    dampen_copy,
-    plot_sweep_heatmaps,
-    sweep_alpha_lambda,
-)
+from lfssd_tutorial.metrics import accuracy_evaluator
+from lfssd_tutorial.plots import plot_sweep_heatmaps
+from lfssd_tutorial.sweep import SweepResult, dampen_copy, sweep_alpha_lambda
+from lfssd_tutorial.widgets import alpha_lambda_explorer
 
 from .conftest import make_batches, make_cnn
 
@@ -65,7 +62,9 @@ def test_sweep_shape_and_ceiling(setup):
     model, full_imp, forget_imp, evaluate = setup
     before = _state(model)
     alphas, lambdas = [0.5, 1.0, 2.0, 1000.0], [0.0, 1.0, 3.0]
-    sweep = sweep_alpha_lambda(model, full_imp, forget_imp, evaluate, alphas=alphas, lambdas=lambdas, label="LFSSD")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # alpha = 1000 selects nothing: recorded, not warned about
+        sweep = sweep_alpha_lambda(model, full_imp, forget_imp, evaluate, alphas=alphas, lambdas=lambdas, label="LFSSD")
     assert isinstance(sweep, SweepResult)
     assert sweep.shape == (3, 4)
     assert set(sweep.metrics) == {"all", "forget"}
@@ -92,6 +91,26 @@ def test_sweep_shape_and_ceiling(setup):
     # the model itself is never modified
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_sweep_skip_and_on_point(setup):
+    model, full_imp, forget_imp, evaluate = setup
+    alphas, lambdas = [0.5, 1.0, 1000.0], [0.0, 1.0]
+    full = sweep_alpha_lambda(model, full_imp, forget_imp, evaluate, alphas=alphas, lambdas=lambdas)
+    seen = []
+    part = sweep_alpha_lambda(model, full_imp, forget_imp, evaluate, alphas=alphas, lambdas=lambdas, skip={(1.0, 0.0)},
+                              on_point=lambda a, lam, values, report: seen.append((a, lam, dict(values), report.total_selected)))
+    # alpha by alpha, every lambda for each; the skipped point is neither evaluated nor reported
+    assert [(a, lam) for a, lam, _, _ in seen] == [(0.5, 0.0), (0.5, 1.0), (1.0, 1.0), (1000.0, 0.0), (1000.0, 1.0)]
+    for a, lam, values, selected in seen:
+        i, j = lambdas.index(lam), alphas.index(a)
+        assert selected == full.selected[i, j] == part.selected[i, j]
+        assert values == {k: grid[i, j] for k, grid in full.metrics.items()}
+    assert part.selected[0, 1] == -1 and all(np.isnan(grid[0, 1]) for grid in part.metrics.values())
+    assert part.max_ratio == full.max_ratio
+    everything = {(a, lam) for a in alphas for lam in lambdas}
+    none = sweep_alpha_lambda(model, full_imp, forget_imp, evaluate, alphas=alphas, lambdas=lambdas, skip=everything)
+    assert (none.selected == -1).all() and none.max_ratio == pytest.approx(full.max_ratio)
 
 
 def test_sweep_rejects_bad_grids(setup):
@@ -166,3 +185,23 @@ def test_explorer_rejects_out_of_range_start(setup):
     model, full_imp, forget_imp, evaluate = setup
     with pytest.raises(ValueError):
         alpha_lambda_explorer(model, full_imp, forget_imp, evaluate, alpha=50.0, alpha_range=(0.5, 12.0))
+
+
+def test_sweep_result_from_records_puts_cli_records_on_their_grid():
+    from lfssd_tutorial.sweep import SweepResult
+
+    records = [
+        {"alpha": a, "lambda": lam, "selected": int(10 * a + lam), "max_ratio": 7.5,
+         "acc_retain": 90 + a + lam, "acc_forget": a * lam}
+        for a in (2.0, 6.0, 10.0) for lam in (0.5, 1.0) if (a, lam) != (10.0, 1.0)
+    ]
+    sweep = SweepResult.from_records(records, label="LFSSD")
+    assert sweep.shape == (2, 3) and list(sweep.alphas) == [2, 6, 10] and list(sweep.lambdas) == [0.5, 1]
+    assert sweep.max_ratio == 7.5 and sweep.label == "LFSSD"
+    rows = {(r["alpha"], r["lambda"]): r for r in sweep.rows()}
+    for rec in records:
+        row = rows[rec["alpha"], rec["lambda"]]
+        assert row["Acc(D_r)"] == rec["acc_retain"] and row["Acc(D_f)"] == rec["acc_forget"] and row["selected"] == rec["selected"]
+    assert rows[10.0, 1.0]["selected"] == -1 and np.isnan(rows[10.0, 1.0]["Acc(D_r)"])
+    with pytest.raises(ValueError, match="no sweep records"):
+        SweepResult.from_records([])

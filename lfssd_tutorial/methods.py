@@ -1,0 +1,88 @@
+"""Every unlearning method behind one signature, and the registry that names them.
+
+A method is ``method(model, loaders, options) -> MethodResult``: ``model`` is the trained
+network (never modified), ``loaders`` a :class:`~lfssd_tutorial.request.SplitLoaders`,
+``options`` a :class:`~lfssd_tutorial.options.MethodOptions`. :data:`METHODS` maps each
+name to its function: the baselines of :mod:`lfssd_tutorial.baselines`, and :func:`ssd` and
+:func:`lfssd` (through :func:`lfssd_tutorial.unlearn`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from . import baselines
+from .options import MethodOptions, MethodResult
+from .request import SplitLoaders
+from .unlearn import unlearn
+
+__all__ = ["Method", "METHODS", "ssd", "lfssd", "run_method"]
+
+#: The signature every unlearning method shares.
+Method = Callable[[nn.Module, SplitLoaders, MethodOptions], MethodResult]
+
+
+def _dampen(method: str, model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> MethodResult:
+    if options.alpha is None:
+        raise ValueError(f"{method} needs options.alpha (the selection weighting), got None")
+    model, report = unlearn(
+        model,
+        loaders.forget,
+        method=method,
+        full_loader=None if options.full_importance is not None else loaders.full,
+        full_importance=options.full_importance,
+        alpha=options.alpha,
+        lambda_=options.lambda_,
+        granularity=options.granularity,
+        device=options.device,
+        progress=options.progress,
+        autocast_dtype=options.autocast_dtype,
+        channels_last=options.channels_last,
+        warn=False,
+    )
+    return MethodResult(model, report)
+
+
+def ssd(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> MethodResult:
+    """SSD: Fisher importances (labelled ``D_f``), then selection and dampening.
+
+    ``Imp_D`` is computed on ``loaders.full`` unless ``options.full_importance`` is given,
+    ``Imp_Df`` on ``loaders.forget``; ``options.alpha`` is required. No warning is raised
+    when nothing is selected: the result's ``report.nothing_selected`` records it.
+    """
+    return _dampen("ssd", model, loaders, options)
+
+
+def lfssd(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> MethodResult:
+    """LFSSD: label-free (squared output norm) importances, then selection and dampening.
+
+    Otherwise as :func:`ssd`.
+    """
+    return _dampen("lfssd", model, loaders, options)
+
+
+#: Method name -> function, for every method the experiments can run.
+METHODS: dict[str, Method] = {
+    "original": baselines.original,
+    "retrain": baselines.retrain,
+    "retrain_head": baselines.retrain_head,
+    "finetune": baselines.finetune,
+    "bad_teacher": baselines.bad_teacher,
+    "amnesiac": baselines.amnesiac,
+    "unsir": baselines.unsir,
+    "ssd": ssd,
+    "lfssd": lfssd,
+}
+
+
+def run_method(name: str, model: nn.Module, loaders: SplitLoaders, options: MethodOptions | None = None) -> MethodResult:
+    """Run the method called ``name`` (a key of :data:`METHODS`) on ``model``.
+
+    Raises:
+        ValueError: ``name`` is not a known method (the message lists them).
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(map(repr, METHODS))}")
+    return METHODS[name](model, loaders, options if options is not None else MethodOptions())
