@@ -31,7 +31,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
