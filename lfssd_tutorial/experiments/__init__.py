@@ -1,15 +1,7 @@
 """Paper-scale experiments: configs, a resumable runner, checkpoints, reports and sweeps.
 
-An experiment is described by a small config file (YAML or JSON; see ``configs/``)::
-
-    name: cifar10-random-resnet18
-    data: {dataset: cifar10, root: null, batch_size: 64}
-    model: {name: resnet18}
-    train: {epochs: 20, lr: 0.1, milestones: [8, 12, 16]}
-    scenario: {kind: random, forget_fraction: 0.00165}
-    methods: [original, retrain, finetune, bad_teacher, amnesiac, unsir, ssd, lfssd]
-    seeds: [0, 1, 2]
-
+An experiment is described by a small config file (YAML or JSON; see ``configs/`` and
+:mod:`~lfssd_tutorial.experiments.config` for the format).
 :func:`load_config` validates it and raises :class:`ConfigError` naming the bad field.
 :func:`run_forget` runs every *cell* (scenario x forget target x method x seed) and
 appends each result to ``results.jsonl`` the moment it finishes; a restarted run skips
