@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+#: The widest figure the book shows at full size, in inches.
+BOOK_WIDTH = 7.5
+
 __all__ = [
     "plot_digits",
     "plot_entropy_histograms",
@@ -55,7 +58,9 @@ def plot_digits(dataset, indices: Sequence[int], *, titles: Sequence[str] | None
     indices = list(indices)
     if axes is None:
         nrows = max(1, -(-len(indices) // ncols))
-        _, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.25 * nrows), squeeze=False, layout="constrained")
+        scale = min(1.0, BOOK_WIDTH / (1.1 * ncols))  # no wider than the page
+        _, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols * scale, 1.25 * nrows * scale), squeeze=False,
+                               layout="constrained")
     flat = np.asarray(axes).ravel()
     for ax in flat:
         ax.axis("off")
@@ -245,7 +250,8 @@ def plot_sweep_heatmaps(
         raise ValueError("give at least one SweepResult")
     metrics = list(metrics) if metrics is not None else list(sweeps[0].metrics)
     n_rows, n_cols = len(sweeps), len(metrics)
-    width = max(3.0, 0.42 * len(sweeps[0].alphas) + 1.2)
+    # At most the book's page width: wider figures are shrunk on the page, fonts with them.
+    width = min(max(3.0, 0.42 * len(sweeps[0].alphas) + 1.2), (BOOK_WIDTH - 1.0) / n_cols)
     height = max(1.8, 0.36 * len(sweeps[0].lambdas) + 1.2)
     # An explicit constrained layout leaves room for the shared colour bar (tight_layout cannot).
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols + 1.0, height * n_rows), squeeze=False,
