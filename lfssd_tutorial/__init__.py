@@ -5,10 +5,12 @@ The public API::
     compute_importance(model, loader, objective="l2" | "fisher", granularity="batch" | "sample")
     select_and_dampen_(model, full_importance, forget_importance, alpha=..., lambda_=...)
     unlearn(model, forget_loader, method="lfssd" | "ssd", full_loader=... | full_importance=...)
+    calibrate_alpha(model, full_importance, forget_importance, forget_loader, retain_loader)  # alpha without labels
     unlearning(net, retain, forget, validation)          # NeurIPS 2023 starting-kit contract
     save_importance / load_importance                     # cache Imp_D across forget requests
 """
 
+from .calibrate import AlphaChoice, CalibrationWarning, calibrate_alpha
 from .checks import check_hyperparameters, check_importance
 from .dampening import (
     DampeningReport,
@@ -23,8 +25,11 @@ from .unlearn import unlearn, unlearning
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlphaChoice",
+    "CalibrationWarning",
     "DampeningReport",
     "NothingSelectedWarning",
+    "calibrate_alpha",
     "check_hyperparameters",
     "check_importance",
     "compute_importance",

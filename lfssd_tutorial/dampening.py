@@ -58,6 +58,8 @@ class DampeningReport:
         unbounded: elements whose ratio is infinite: ``Imp_D == 0 < Imp_Df`` (or an
             ``Imp_D`` so small that the ratio overflows float32). They are selected for
             every ``alpha`` and dampened to (nearly) zero.
+        calibration: with ``unlearn(..., alpha="auto")``, the
+            :class:`~lfssd_tutorial.calibrate.AlphaChoice` that chose ``alpha``; else ``None``.
     """
 
     alpha: float
@@ -68,6 +70,7 @@ class DampeningReport:
     max_ratio: float = 0.0
     max_ratio_parameter: str | None = None
     unbounded: int = 0
+    calibration: object | None = None
 
     @property
     def total_selected(self) -> int:

@@ -1,7 +1,8 @@
 """The main job: forget one class of the bundled digits data with SSD and LFSSD.
 
-The demo is a small experiment run by the experiments' runner
-(:func:`lfssd_tutorial.experiments.run_forget`): it trains the small CNN, retrains it
+The demo is the book's digits request (:func:`lfssd_tutorial.digits.digits_config`) run by
+the experiments' runner (:func:`lfssd_tutorial.experiments.run_forget`), so its models are
+the chapters' models: it trains the small CNN, retrains it
 from scratch without the forget class (the gold standard), runs SSD and LFSSD at
 working settings and at the published ``alpha = 10``, and returns Acc(D_r), Acc(D_f),
 MIA and wall time for each, writing the same table as JSON and CSV.
@@ -17,8 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from .experiments import ExperimentConfig, config_from_dict, read_results, run_forget
-from .request import DIGITS_TRAIN_CONFIG
+from .digits import DIGITS_TRAIN_CONFIG, digits_config
+from .experiments import ExperimentConfig, read_results, run_forget
 from .training import TrainConfig
 
 __all__ = ["DemoConfig", "run_demo", "format_table"]
@@ -49,15 +50,9 @@ class DemoConfig:
         """The demo as an experiment config: full-class forgetting of ``forget_class`` on the
         digits, one training seed, the rows Original, Retrain (from scratch) and ``methods``."""
         dampening = [{"method": m, "alpha": a, "lambda": lam, "label": label} for label, m, a, lam in self.methods]
-        return config_from_dict({
-            "name": "demo",
-            "data": {"dataset": "digits", "batch_size": self.batch_size},
-            "model": {"name": "small_cnn", "width": self.width},
-            "train": asdict(self.train),
-            "scenario": {"kind": "full_class", "targets": [str(self.forget_class)]},
-            "methods": ["original", {"method": "retrain", "label": "Retrain (from scratch)"}, *dampening],
-            "seeds": [self.seed],
-        })
+        return digits_config(self.forget_class, width=self.width, batch_size=self.batch_size, train_config=self.train,
+                             methods=["original", {"method": "retrain", "label": "Retrain (from scratch)"}, *dampening],
+                             seeds=[self.seed], name="demo")
 
 
 def _row(record: dict, seconds: float) -> dict:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from .calibrate import calibrate_alpha
 from .checks import check_choice, check_hyperparameters, check_importance
 from .dampening import DampeningReport, select_and_dampen_
 from .importance import GRANULARITIES, compute_importance
@@ -32,8 +33,9 @@ def unlearn(
     method: str = "lfssd",
     full_loader: Iterable | None = None,
     full_importance: Mapping[str, torch.Tensor] | None = None,
-    alpha: float = 10.0,
+    alpha: float | str = 10.0,
     lambda_: float = 1.0,
+    retain_loader: Iterable | None = None,
     granularity: str = "batch",
     inplace: bool = False,
     device: str | torch.device | None = None,
@@ -55,24 +57,39 @@ def unlearn(
             :func:`~lfssd_tutorial.compute_importance` or
             :func:`~lfssd_tutorial.load_importance`; compute it once and reuse it for
             every forget request.
-        alpha: selection weighting (``> 0``). 10 is the authors' published ResNet18
-            setting; it can exceed the largest importance ratio and select nothing, in
-            which case the report says so and a warning is raised.
+        alpha: selection weighting (``> 0``), or ``"auto"`` to choose it per request
+            without labels with :func:`~lfssd_tutorial.calibrate_alpha` (needs
+            ``retain_loader``; the choice is ``report.calibration``). 10 is the authors'
+            published ResNet18 setting; it can exceed the largest importance ratio and
+            select nothing, in which case the report says so and a warning is raised.
         lambda_: dampening constant (``>= 0``).
+        retain_loader: with ``alpha="auto"``, a small sample of retained inputs (labels,
+            if any, are ignored).
         granularity: ``"batch"`` (the authors' estimator) or ``"sample"``.
         inplace: edit ``model`` itself; by default a deep copy is edited and returned.
         device: where to compute importances; defaults to the model's device.
         progress: show progress bars.
         autocast_dtype, channels_last: passed to
             :func:`~lfssd_tutorial.compute_importance` (default: full float32).
-        warn: emit :class:`~lfssd_tutorial.NothingSelectedWarning` when nothing is selected.
+        warn: emit :class:`~lfssd_tutorial.NothingSelectedWarning` when nothing is selected
+            (and, with ``alpha="auto"``, :class:`~lfssd_tutorial.CalibrationWarning` when the
+            calibration finds no good alpha).
 
     Returns:
         ``(unlearned model, DampeningReport)``.
     """
     objective = objective_for(method)
     check_choice("granularity", granularity, GRANULARITIES)
-    check_hyperparameters(alpha, lambda_)
+    auto = isinstance(alpha, str)
+    if auto:
+        check_choice("alpha", alpha, ["auto"])
+        if retain_loader is None:
+            raise ValueError('alpha="auto" needs retain_loader: a small sample of retained inputs to calibrate on')
+        check_hyperparameters(1.0, lambda_)
+    else:
+        check_hyperparameters(alpha, lambda_)
+        if retain_loader is not None:
+            raise ValueError('retain_loader is only used with alpha="auto"')
     if (full_loader is None) == (full_importance is None):
         raise ValueError("give exactly one of full_loader (to compute Imp_D) or full_importance (precomputed Imp_D)")
     if full_importance is not None:
@@ -83,7 +100,13 @@ def unlearn(
     if full_importance is None:
         full_importance = compute_importance(target, full_loader, **options)
     forget_importance = compute_importance(target, forget_loader, **options)
+    choice = None
+    if auto:
+        choice = calibrate_alpha(target, full_importance, forget_importance, forget_loader, retain_loader,
+                                 lambda_=lambda_, device=device, progress=progress, warn=warn)
+        alpha = choice.alpha
     report = select_and_dampen_(target, full_importance, forget_importance, alpha=alpha, lambda_=lambda_, warn=False)
+    report.calibration = choice
     if warn:
         report.warn_if_nothing_selected(stacklevel=2)
     return target, report

@@ -131,6 +131,8 @@ def test_sanitize_file_is_valid():
     assert sanitize("selected 1,234 of 14,458 weights") != sanitize("selected 1,235 of 14,458 weights")
     assert sanitize("max abs difference 6.2e-09") == sanitize("max abs difference 4.1e-08")
     assert sanitize("max abs difference 6.2e-05") != sanitize("max abs difference 4.1e-05")
+    assert sanitize("0.4x the time of the Imp_D pass") == sanitize("1.3x the time of the Imp_D pass")
+    assert sanitize("speed-up 1.3x over the loop") != sanitize("speed-up 1.4x over the loop")
 
 
 @pytest.fixture(params=NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

@@ -7,7 +7,9 @@ from torch.utils.data import ConcatDataset
 from lfssd_tutorial.data import full_class_split, load_digits, make_loader
 from lfssd_tutorial.metrics import accuracy, entropy_mia
 from lfssd_tutorial.models import SmallCNN
-from lfssd_tutorial.request import DIGITS_TRAIN_CONFIG, build_split_loaders, digits_request, evaluate_request
+from lfssd_tutorial.digits import DIGITS_TRAIN_CONFIG, digits_config, digits_request
+from lfssd_tutorial.experiments import run_forget, store
+from lfssd_tutorial.request import build_split_loaders, evaluate_request
 from lfssd_tutorial.training import TrainConfig, seed_everything, train_model
 
 
@@ -95,3 +97,25 @@ def test_digits_request_scenarios():
     assert sub.split.target == "3" and sub.loaders.num_classes == 5
     with pytest.raises(ValueError, match="scenario"):
         digits_request(scenario="everything", train_config=fast)
+
+
+def test_the_runner_trains_the_requests_models(request_8, tmp_path):
+    # make demo runs digits_config through the runner: its checkpoints are the chapters' models
+    config = digits_config(8, train_config=SHORT, methods=["original", "retrain"])
+    records = run_forget(config, out_dir=str(tmp_path))
+    factory = request_8.make_model
+    ckpts = sorted((tmp_path / "checkpoints").glob("*.pt"))
+    assert [p.name.split("-")[0] for p in ckpts] == ["original", "retrain"]
+    _equal(store.load_or_train(ckpts[0], factory, None)[0], request_8.original)
+    _equal(store.load_or_train(ckpts[1], factory, None)[0], request_8.retrained())
+    by_method = {r["method"]: r for r in records}
+    assert {k: by_method["original"][k] for k in ("acc_retain", "acc_forget", "mia")} == request_8.evaluate(request_8.original)
+
+
+def test_digits_config_scenarios():
+    assert digits_config(3).scenario.targets == ["3"] and digits_config(3).data.dataset == "digits"
+    sub = digits_config(3, scenario="sub_class")
+    assert sub.data.dataset == "digits-super" and sub.scenario.kind == "sub_class"
+    rnd = digits_config(scenario="random", forget_count=20, split_seed=4)
+    assert rnd.scenario.forget_n == 20 and rnd.scenario.split_seed == 4
+    assert digits_config().train == DIGITS_TRAIN_CONFIG

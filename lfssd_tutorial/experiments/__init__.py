@@ -11,14 +11,15 @@ numbers whether it runs first, last, or after a restart. Wall times go to a sepa
 
 Trained models (the original per seed, the retrained model per seed and target) are
 plain ``state_dict`` files with a JSON sidecar (config, seed, accuracy, wall time,
-hardware, peak RSS) and are reused when present (load-or-train).
+hardware, peak RSS) and are reused when present (load-or-train). :func:`forget_request`
+builds one (seed, target) of a config in memory, with the same models, as a :class:`ForgetRequest`.
 
 The modules, one job each:
 
 * :mod:`~lfssd_tutorial.experiments.config` — the config schema, its validation, config files;
 * :mod:`~lfssd_tutorial.experiments.build` — the data, splits, loaders and models a config builds;
 * :mod:`~lfssd_tutorial.experiments.store` — checkpoints and append-only results files;
-* :mod:`~lfssd_tutorial.experiments.runner` — training, the grid of cells, the alpha x lambda sweep;
+* :mod:`~lfssd_tutorial.experiments.runner` — training, one request, the grid of cells, the alpha x lambda sweep;
 * :mod:`~lfssd_tutorial.experiments.report` — tables, CSV and plots of a results file.
 """
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..plots import BOOK_WIDTH
 from ..utils import atomic_write_text
 from .store import file_slug, read_results
 
@@ -131,7 +132,8 @@ def write_report(results: str | os.PathLike, out_dir: str | os.PathLike | None =
 def plot_summary(rows: Sequence[Mapping], out_dir: str) -> list[str]:
     """One figure per (experiment, target): bars of Acc(D_r), Acc(D_f), MIA with sd error bars.
 
-    The retrained model's value is drawn as a dashed line across each panel.
+    One bar a method row, the rows down the side; the retrained model's value is a dashed
+    line across each panel. The figure is :data:`~lfssd_tutorial.plots.BOOK_WIDTH` wide.
     """
     plt = _pyplot()
     files = []
@@ -139,23 +141,24 @@ def plot_summary(rows: Sequence[Mapping], out_dir: str) -> list[str]:
     for r in rows:
         blocks.setdefault((r["experiment"], r["scenario"], r["target"]), []).append(r)
     for (exp, scen, target), block in blocks.items():
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=False)
-        labels = [r["label"] for r in block]
-        x = np.arange(len(block))
+        fig, axes = plt.subplots(1, 3, figsize=(BOOK_WIDTH, 1.3 + 0.24 * len(block)), sharey=True)
+        y = np.arange(len(block))
         retrain = next((r for r in block if r["method"] == "retrain"), None)
+        colors = ["tab:gray" if r["method"] in ("original", "retrain") else ("tab:blue" if r["method"] in ("ssd", "lfssd") else "tab:orange") for r in block]
         for ax, (key, title) in zip(axes, METRICS):
             means = [r[f"{key}_mean"] for r in block]
             sds = [r[f"{key}_sd"] for r in block]
-            colors = ["tab:gray" if r["method"] in ("original", "retrain") else ("tab:blue" if r["method"] in ("ssd", "lfssd") else "tab:orange") for r in block]
-            ax.bar(x, means, yerr=sds, color=colors, capsize=3)
+            ax.barh(y, means, xerr=sds, color=colors, capsize=2)
             if retrain is not None:
-                ax.axhline(retrain[f"{key}_mean"], color="black", ls="--", lw=1, label="Retrain")
-            ax.set_xticks(x)
-            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-            ax.set_title(title)
-            ax.set_ylim(0, 105)
-        axes[0].legend(fontsize=7)
-        fig.suptitle(f"{exp}: {scen.replace('_', '-')}, {target} (mean ± sd over seeds)")
+                ax.axvline(retrain[f"{key}_mean"], color="black", ls="--", lw=1, label="Retrain")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlim(0, 105)
+            ax.tick_params(labelsize=7)
+        axes[0].set_yticks(y)
+        axes[0].set_yticklabels([r["label"] for r in block])
+        axes[0].invert_yaxis()
+        axes[0].legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"{exp}: {scen.replace('_', '-')}, {target} (mean ± sd over seeds)", fontsize=10)
         fig.tight_layout()
         path = os.path.join(out_dir, f"{file_slug(exp)}-{file_slug(target)}.png")
         fig.savefig(path, dpi=110)

@@ -10,6 +10,10 @@ after a restart.
 Every method runs through :func:`lfssd_tutorial.methods.run_method` on the original model
 of its seed. The original model (per seed) and the retrained model (per seed and target)
 are checkpoints, trained once and then loaded (:func:`~.store.load_or_train`).
+
+:func:`forget_request` builds the same data, loaders and models for one (seed, target)
+as a :class:`ForgetRequest`, in memory, for code that works with one request at a time
+(the book's chapters build theirs with :func:`lfssd_tutorial.digits.digits_request`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
 
-from ..data import ForgetSplit, make_loader
+from ..data import DataBundle, ForgetSplit, make_loader
 from ..dampening import DampeningReport
 from ..importance import compute_importance
 from ..methods import run_method
@@ -33,7 +37,7 @@ from ..metrics import evaluate_accuracy
 from ..options import MethodOptions, MethodResult
 from ..request import SplitLoaders, evaluate_request
 from ..sweep import sweep_alpha_lambda
-from ..training import seed_everything, train_model
+from ..training import TrainConfig, seed_everything, train_model
 from ..unlearn import objective_for
 from ..utils import resolve_device
 from .build import load_data, loader_options, make_split, model_factory, split_loaders, uses_channels_last
@@ -41,7 +45,7 @@ from .config import ExperimentConfig, MethodSpec
 from .report import plot_sweep
 from .store import append_record, file_slug, load_or_train, peak_rss_mb, read_results
 
-__all__ = ["training_id", "cell_key", "cell_seed", "run_train", "run_forget", "run_sweep"]
+__all__ = ["training_id", "cell_key", "cell_seed", "ForgetRequest", "forget_request", "run_train", "run_forget", "run_sweep"]
 
 
 def training_id(config: ExperimentConfig) -> str:
@@ -66,15 +70,20 @@ def cell_seed(*parts) -> int:
 
 
 class _Experiment:
-    """The data, splits and models of one experiment, built when first needed."""
+    """The data, splits and models of one experiment, built when first needed.
 
-    def __init__(self, config: ExperimentConfig, out_dir: str, device: torch.device, progress: bool):
+    With an ``out_dir``, the trained models are checkpoints in ``out_dir/checkpoints``;
+    without one, they are trained in memory (the original once per seed).
+    """
+
+    def __init__(self, config: ExperimentConfig, out_dir: str | None, device: torch.device, progress: bool):
         self.config, self.device, self.progress = config, device, progress
         self.train_data = load_data(config, augment=True)
         self.eval_data = load_data(config, augment=False)
         self.factory = model_factory(config, self.eval_data, device)
-        self.ckpt_dir = os.path.join(out_dir, "checkpoints")
+        self.ckpt_dir = None if out_dir is None else os.path.join(out_dir, "checkpoints")
         self.splits: dict = {}
+        self.originals: dict = {}
 
     def split(self, target) -> ForgetSplit:
         if target not in self.splits:
@@ -84,53 +93,75 @@ class _Experiment:
     def loaders(self, target, seed: int) -> SplitLoaders:
         return split_loaders(self.config, self.train_data, self.eval_data, self.split(target), device=self.device, seed=seed)
 
-    def options(self, spec: MethodSpec, seed: int) -> MethodOptions:
+    def options(self, spec: MethodSpec, seed: int, progress: bool | None = None) -> MethodOptions:
         """What every method of the config is given; SSD/LFSSD read their row's hyperparameters."""
         c = self.config
         baselines = c.baseline_config()
         bf16 = self.device.type == "cuda" and baselines.importance_bf16 and spec.granularity == "batch"
         return MethodOptions(
             baselines=baselines, alpha=c.alpha_of(spec) if spec.dampening else None, lambda_=spec.lambda_,
-            granularity=spec.granularity, model_factory=self.factory, device=self.device, progress=self.progress,
+            granularity=spec.granularity, model_factory=self.factory, device=self.device,
+            progress=self.progress if progress is None else progress,
             seed=seed, autocast_dtype=torch.bfloat16 if bf16 else None, channels_last=uses_channels_last(c, self.device),
         )
 
     def _meta(self, kind: str, seed: int, target=None) -> dict:
         return {"kind": kind, "experiment": self.config.name, "seed": seed, "target": target, "config": self.config.to_dict()}
 
+    def _trained(self, name: str, train_fn: Callable[[], nn.Module], meta: dict,
+                 evaluate: Callable[[nn.Module], dict]) -> tuple[nn.Module, dict]:
+        """The checkpoint ``name`` (loaded, or trained by ``train_fn`` and saved); in memory without ``out_dir``."""
+        if self.ckpt_dir is None:
+            return train_fn().eval(), meta
+        return load_or_train(os.path.join(self.ckpt_dir, name), self.factory, lambda _: train_fn(), meta=meta,
+                             device=self.device, evaluate=evaluate)
+
     def original(self, seed: int) -> tuple[nn.Module, dict]:
-        """The model trained on all of ``D`` with ``seed`` (a checkpoint), and its sidecar."""
+        """The model trained on all of ``D`` with ``seed``, and its sidecar.
+
+        Seeds every generator with ``seed``, builds the config's model and trains it with
+        the config's recipe on the training images, shuffled with ``seed``.
+        """
+        if seed in self.originals:
+            return self.originals[seed]
         c = self.config
         opts = loader_options(c, self.device)
         test_loader = make_loader(self.eval_data.test, batch_size=c.data.batch_size, **opts)
 
-        def train_fn(model: nn.Module) -> nn.Module:
+        def train_fn() -> nn.Module:
             seed_everything(seed)
             model = self.factory()  # the seeded initialisation
             loader = make_loader(self.train_data.train, batch_size=c.data.batch_size, shuffle=True, seed=seed, **opts)
             return train_model(model, loader, c.train, device=self.device, progress=self.progress)
 
-        return load_or_train(
-            os.path.join(self.ckpt_dir, f"original-{training_id(c)}-seed{seed}.pt"), self.factory, train_fn,
-            meta=self._meta("original", seed), device=self.device,
-            evaluate=lambda m: {"test_accuracy": evaluate_accuracy(m, test_loader, device=self.device)},
+        model_info = self._trained(
+            f"original-{training_id(c)}-seed{seed}.pt", train_fn, self._meta("original", seed),
+            lambda m: {"test_accuracy": evaluate_accuracy(m, test_loader, device=self.device)},
         )
+        if self.ckpt_dir is None:
+            self.originals[seed] = model_info
+        return model_info
 
-    def retrained(self, seed: int, target) -> tuple[nn.Module, dict]:
-        """The ``retrain`` method's model for ``seed`` and ``target`` (a checkpoint), and its sidecar."""
+    def retrained(self, seed: int, target, progress: bool | None = None) -> tuple[nn.Module, dict]:
+        """The ``retrain`` method's model for ``seed`` and ``target``, and its sidecar.
+
+        Seeds every generator with ``seed + 1`` (so the initialisation shares nothing with
+        the original's), then runs the ``retrain`` method: a fresh model of the config,
+        trained with the config's recipe on ``D_r`` shuffled with ``seed``.
+        """
         c = self.config
         loaders = self.loaders(target, seed)
         spec = MethodSpec("retrain")
 
-        def train_fn(model: nn.Module) -> nn.Module:
-            seed_everything(cell_seed("retrain", seed, target))
+        def train_fn() -> nn.Module:
             original, _ = self.original(seed)
-            return run_method("retrain", original, loaders, self.options(spec, seed)).model
+            seed_everything(seed + 1)
+            return run_method("retrain", original, loaders, self.options(spec, seed, progress)).model
 
-        return load_or_train(
-            os.path.join(self.ckpt_dir, f"retrain-{training_id(c)}-{c.scenario.kind}-{file_slug(target)}-seed{seed}.pt"),
-            self.factory, train_fn, meta=self._meta("retrain", seed, str(target)), device=self.device,
-            evaluate=lambda m: {
+        return self._trained(
+            f"retrain-{training_id(c)}-{c.scenario.kind}-{file_slug(target)}-seed{seed}.pt", train_fn,
+            self._meta("retrain", seed, str(target)),
+            lambda m: {
                 "acc_retain": evaluate_accuracy(m, loaders.test_retain, device=self.device),
                 "acc_forget": evaluate_accuracy(m, loaders.test_forget, device=self.device),
             },
@@ -149,6 +180,76 @@ class _Experiment:
         t0 = time.perf_counter()
         result = run_method(spec.method, original, loaders, self.options(spec, method_seed))
         return result, time.perf_counter() - t0
+
+
+@dataclass
+class ForgetRequest:
+    """One forget request of an experiment: its data, split, loaders and trained original model.
+
+    Built by :func:`forget_request`. Its models are the ones :func:`run_forget` trains for
+    the same config, seed and target.
+
+    Attributes:
+        config: the experiment.
+        seed: the training seed of ``original``.
+        target: the forget target (a class name, or the random draw's name).
+        data: the dataset (without augmentation).
+        split: which samples are forgotten.
+        loaders: every loader of the request, seeded with ``seed``.
+        original: the model trained on all of ``D``.
+        make_model: builds a fresh, initialised network of the same architecture.
+        device: where the models are trained.
+    """
+
+    config: ExperimentConfig
+    seed: int
+    target: str
+    data: DataBundle
+    split: ForgetSplit
+    loaders: SplitLoaders
+    original: nn.Module
+    make_model: Callable[[], nn.Module]
+    device: torch.device
+    experiment: _Experiment = field(repr=False)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The training recipe of ``original`` and of :meth:`retrained`."""
+        return self.config.train
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """``{"acc_retain", "acc_forget", "mia"}`` of ``model`` (see :func:`~lfssd_tutorial.request.evaluate_request`)."""
+        return evaluate_request(model, self.loaders)
+
+    def retrained(self, *, progress: bool = False) -> nn.Module:
+        """The retrained model: a fresh network trained on ``D_r`` only, with the original's recipe.
+
+        The runner's ``retrain`` row: every generator seeded with ``seed + 1``, then the
+        ``retrain`` method. Each call trains a new model, with the same result.
+        """
+        return self.experiment.retrained(self.seed, self.target, progress)[0]
+
+    def for_target(self, target) -> ForgetRequest:
+        """The request of another ``target`` of the same experiment and seed (same original model)."""
+        target = str(target)
+        return replace(self, target=target, split=self.experiment.split(target), loaders=self.experiment.loaders(target, self.seed))
+
+
+def forget_request(config: ExperimentConfig, *, seed: int | None = None, target=None, device=None,
+                   progress: bool = False) -> ForgetRequest:
+    """The forget request of ``config`` for one training ``seed`` and ``target``, in memory.
+
+    ``seed`` defaults to the config's first training seed, ``target`` to its first target.
+    Trains the original model as :func:`run_forget` does (no checkpoint is written).
+    """
+    device = resolve_device(device)
+    seed = config.seeds[0] if seed is None else seed
+    target = config.scenario.target_list()[0] if target is None else str(target)
+    experiment = _Experiment(config, None, device, progress)
+    original, _ = experiment.original(seed)
+    return ForgetRequest(config=config, seed=seed, target=target, data=experiment.eval_data, split=experiment.split(target),
+                         loaders=experiment.loaders(target, seed), original=original, make_model=experiment.factory,
+                         device=device, experiment=experiment)
 
 
 def _dampening_fields(spec: MethodSpec, alpha: float, report: DampeningReport) -> dict:

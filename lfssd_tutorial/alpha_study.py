@@ -1,0 +1,202 @@
+"""Does a way of choosing alpha carry over to a new forget request? The study of chapter 7.
+
+For each forget request (a training seed and a forget target of an experiment config) and
+each method (SSD, LFSSD), :func:`run_alpha_study` computes ``Imp_D`` and ``Imp_Df`` once,
+then dampens a copy of the original model
+
+* at the alpha :func:`~lfssd_tutorial.calibrate_alpha` chooses, from predictions only, on
+  ``D_f`` and a sample of retained *training* inputs;
+* at every alpha of a fixed grid (which holds the published alpha = 10),
+
+and measures Acc(D_r) and Acc(D_f) on two disjoint halves of the test set, stratified by
+class: the *validation* half, on which a fixed alpha may be chosen with labels, and the
+*test* half, on which every rule is reported. The original and the retrained model are
+measured the same way.
+
+A request *succeeds* at an alpha when, on the test half, its Acc(D_f) is within
+``forget_tolerance`` (5) points of the retrained model's and its Acc(D_r) at most
+``retain_tolerance`` (2) points below the original's (:func:`succeeds`).
+:func:`summarise_study` gives the share of successes of three rules: the calibrated alpha,
+the published alpha, and the best fixed alpha chosen on the validation half of the
+*other* targets' requests (leave one target out).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from .calibrate import calibrate_alpha
+from .data import make_loader
+from .experiments import ExperimentConfig, ForgetRequest, forget_request
+from .importance import compute_importance
+from .metrics import evaluate_accuracy
+from .sweep import dampen_copy
+from .unlearn import objective_for
+from .utils import progress as progress_bar
+
+__all__ = ["FIXED_ALPHAS", "PUBLISHED_ALPHA", "validation_test_halves", "run_alpha_study", "succeeds", "summarise_study"]
+
+#: The fixed alphas of the study.
+FIXED_ALPHAS = (1.5, 2.0, 3.0, 5.0, 7.0, 10.0)
+#: The alpha the papers publish for SSD and LFSSD on ResNet18.
+PUBLISHED_ALPHA = 10.0
+
+
+def validation_test_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Test indices split into a validation and a test half, stratified by ``labels``.
+
+    Each class's indices are shuffled with ``seed``; the first half (rounded down) is
+    validation, the rest test. Returns sorted index arrays.
+    """
+    rng = np.random.default_rng(seed)
+    val, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        val.append(members[: len(members) // 2])
+        test.append(members[len(members) // 2:])
+    return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
+
+
+def _accuracies(request: ForgetRequest, halves: dict[str, np.ndarray]):
+    """A function ``model -> {"val_retain", "val_forget", "test_retain", "test_forget"}``."""
+    data, split = request.data, request.split
+    batch = request.loaders.retain.batch_size
+    loaders = {}
+    for half, idx in halves.items():
+        for part, members in (("retain", split.test_retain), ("forget", split.test_forget)):
+            loaders[f"{half}_{part}"] = make_loader(Subset(data.test, np.intersect1d(members, idx).tolist()), batch_size=batch)
+
+    def evaluate(model) -> dict[str, float]:
+        return {name: evaluate_accuracy(model, loader) for name, loader in loaders.items()}
+
+    return evaluate
+
+
+def run_alpha_study(
+    config: ExperimentConfig,
+    *,
+    seeds: Sequence[int],
+    targets: Sequence | None = None,
+    methods: Sequence[str] = ("ssd", "lfssd"),
+    fixed_alphas: Sequence[float] = FIXED_ALPHAS,
+    retain_sample: int = 256,
+    lambda_: float = 1.0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[dict]:
+    """Run the study on ``config``'s requests for ``seeds`` x ``targets``; return its records.
+
+    ``targets`` defaults to the config's. The calibration's retained sample is
+    ``retain_sample`` training inputs of ``D_r``, drawn with the training seed. Records:
+
+    * ``{"kind": "reference", "model": "original" | "retrained", ...}`` per request;
+    * ``{"kind": "fixed", "method", "alpha", "selected", ...}`` per method and grid alpha;
+    * ``{"kind": "candidate", "method", "alpha", "selected", "forget_agreement",
+      "retain_agreement", "admissible", ...}`` per method and candidate the calibration tried
+      (what it measured, and the labelled accuracies it did not see);
+    * ``{"kind": "calibrated", ..., "warning", "max_ratio", "seconds", "importance_seconds"}``
+      per method: the chosen candidate, the calibration's warning (or ``None``), the ratio
+      ceiling, the calibration's wall time and that of the ``Imp_D`` pass;
+
+    each with ``seed``, ``target`` and the four accuracies of :func:`validation_test_halves`' halves.
+    """
+    targets = list(config.scenario.target_list() if targets is None else targets)
+    requests = [(seed, target) for seed in seeds for target in targets]
+    records = []
+    base = None
+    for seed, target in progress_bar(requests, progress, "alpha study"):
+        if base is None or base.seed != seed:
+            base = forget_request(config, seed=seed, target=target, device=device)
+        request = base.for_target(target)
+        fine = request.data.test_fine if config.scenario.kind == "sub_class" else request.data.test_labels
+        val, test = validation_test_halves(fine, seed=0)
+        evaluate = _accuracies(request, {"val": val, "test": test})
+        where = {"seed": seed, "target": str(target)}
+        records.append({**where, "kind": "reference", "model": "original", **evaluate(request.original)})
+        records.append({**where, "kind": "reference", "model": "retrained", **evaluate(request.retrained())})
+        retain_idx = np.random.default_rng(seed).choice(len(request.split.retain), size=min(retain_sample, len(request.split.retain)), replace=False)
+        retain_loader = make_loader(Subset(request.split.retain_set(request.data), np.sort(retain_idx).tolist()),
+                                    batch_size=request.loaders.retain.batch_size)
+        for method in methods:
+            objective = objective_for(method)
+            t0 = time.perf_counter()
+            full = compute_importance(request.original, request.loaders.full, objective=objective, device=device)
+            importance_seconds = time.perf_counter() - t0
+            forget = compute_importance(request.original, request.loaders.forget, objective=objective, device=device)
+            for alpha in fixed_alphas:
+                model, report = dampen_copy(request.original, full, forget, alpha=alpha, lambda_=lambda_)
+                records.append({**where, "kind": "fixed", "method": method, "alpha": float(alpha),
+                                "selected": report.total_selected, **evaluate(model)})
+            t0 = time.perf_counter()
+            choice = calibrate_alpha(request.original, full, forget, request.loaders.forget, retain_loader, lambda_=lambda_,
+                                     device=device, warn=False)
+            seconds = time.perf_counter() - t0
+            for c in choice.candidates:
+                model, _ = dampen_copy(request.original, full, forget, alpha=c.alpha, lambda_=lambda_)
+                records.append({**where, "kind": "candidate", "method": method, "alpha": c.alpha, "selected": c.selected,
+                                "forget_agreement": c.forget_agreement, "retain_agreement": c.retain_agreement,
+                                "admissible": c.admissible, **evaluate(model)})
+                if c.alpha == choice.alpha:
+                    records.append({**records[-1], "kind": "calibrated", "warning": choice.warning, "max_ratio": choice.max_ratio, "seconds": seconds,
+                                    "importance_seconds": importance_seconds})
+    return records
+
+
+def succeeds(record: dict, original: dict, retrained: dict, *, half: str = "test", forget_tolerance: float = 5.0,
+             retain_tolerance: float = 2.0) -> bool:
+    """Whether a dampened model's accuracies (``record``) meet the goal on ``half``: Acc(D_f)
+    within ``forget_tolerance`` points of ``retrained``'s, Acc(D_r) at most ``retain_tolerance``
+    points below ``original``'s."""
+    return (abs(record[f"{half}_forget"] - retrained[f"{half}_forget"]) <= forget_tolerance + 1e-9
+            and record[f"{half}_retain"] >= original[f"{half}_retain"] - retain_tolerance - 1e-9)
+
+
+def summarise_study(records: Iterable[dict], *, published_alpha: float = PUBLISHED_ALPHA, **tolerances) -> list[dict]:
+    """The share of requests each rule gets right, per method.
+
+    One row per method: ``requests``, and the successes (on the test half) of
+    ``calibrated``, ``published`` (``published_alpha``) and ``leave_one_out`` (the fixed
+    alpha with the most successes on the validation half of the other targets' requests,
+    all seeds; ties go to the larger alpha), plus the alphas leave-one-out chose.
+    ``any_candidate`` counts the requests where at least one of the calibration's
+    candidates succeeds: the most that any rule choosing among them could reach. Keyword
+    arguments go to :func:`succeeds`.
+    """
+    records = list(records)
+    refs = {(r["seed"], r["target"], r["model"]): r for r in records if r["kind"] == "reference"}
+    rows = []
+    for method in dict.fromkeys(r["method"] for r in records if r["kind"] != "reference"):
+        fixed = [r for r in records if r["kind"] == "fixed" and r["method"] == method]
+        calibrated = [r for r in records if r["kind"] == "calibrated" and r["method"] == method]
+        alphas = sorted({r["alpha"] for r in fixed})
+
+        def ok(r, half="test"):
+            return succeeds(r, refs[(r["seed"], r["target"], "original")], refs[(r["seed"], r["target"], "retrained")],
+                            half=half, **tolerances)
+
+        loo, chosen = 0, []
+        for r in calibrated:
+            others = [f for f in fixed if f["target"] != r["target"]]
+            best = max(alphas, key=lambda a: (sum(ok(f, "val") for f in others if f["alpha"] == a), a))
+            chosen.append(best)
+            mine = next(f for f in fixed if f["seed"] == r["seed"] and f["target"] == r["target"] and f["alpha"] == best)
+            loo += ok(mine)
+        candidates = [r for r in records if r["kind"] == "candidate" and r["method"] == method]
+        reachable = sum(any(ok(c) for c in candidates if c["seed"] == r["seed"] and c["target"] == r["target"]) for r in calibrated)
+        published = [f for f in fixed if f["alpha"] == published_alpha]
+        rows.append({
+            "method": method,
+            "requests": len(calibrated),
+            "calibrated": sum(ok(r) for r in calibrated),
+            "published": sum(ok(f) for f in published) if published else None,
+            "leave_one_out": loo,
+            "any_candidate": reachable,
+            "leave_one_out_alphas": sorted(set(chosen)),
+            "calibrated_alphas": [r["alpha"] for r in calibrated],
+        })
+    return rows

@@ -1,0 +1,284 @@
+"""Choosing alpha without labels: :func:`calibrate_alpha`.
+
+LFSSD needs no labels to compute its importances, but a fixed ``alpha`` does not carry
+from one forget request to the next. This module picks ``alpha`` per request from
+*predictions* only, reusing the importances already computed (no gradient pass).
+
+The rule (derived in chapter 7 of the book). A model that has forgotten ``D_f`` should
+behave like the model retrained without it. For a full-class (or sub-class) request:
+
+* on retained data, the retrained model predicts what the original predicts, up to the
+  small disagreement between two well-trained models;
+* on ``D_f`` it cannot predict the forgotten class, so its predictions move away from the
+  original's.
+
+So, for each candidate ``alpha`` (largest first; by default the alphas that select
+about 1, 2, 4, 8, ... weights, :func:`default_candidates`), the original is dampened in a scratch
+copy and two agreements with the original's own predictions are measured:
+``retain_agreement`` on a small sample of retained inputs and ``forget_agreement`` on
+``D_f``. A candidate is *admissible* when it keeps ``retain_agreement >= 1 -
+retain_tolerance``. Among the admissible candidates the rule finds the lowest
+``forget_agreement`` and returns the **largest** ``alpha`` (the smallest edit) whose
+``forget_agreement`` is within ``forget_slack`` of it.
+
+What the rule assumes, and where it does not apply:
+
+* the original assigns most of ``D_f`` to one class (full-class forgetting, or a
+  sub-class whose superclass it predicts). Random forgetting breaks this: there the
+  retrained model still classifies the forgotten images like any unseen image, so moving
+  their predictions away is the wrong target. :func:`calibrate_alpha` refuses such a
+  forget set (``min_concentration``);
+* "forgotten" means "no longer predicted as before". For sub-class forgetting the
+  retrained model may still predict the superclass for part of ``D_f``, so the rule can
+  forget more than retraining does;
+* agreement on retained *training* inputs is an optimistic stand-in for test accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checks import check_hyperparameters, check_importances, trainable_parameters
+from .dampening import importance_ratios, max_importance_ratio, select_and_dampen_
+from .importance import split_batch
+from .utils import progress as progress_bar
+from .utils import resolve_device
+
+__all__ = ["AlphaCandidate", "AlphaChoice", "CalibrationWarning", "calibrate_alpha", "default_candidates"]
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration found no good ``alpha``: no candidate kept the retained predictions within
+    the tolerance, or none that did moved most of the forget set's predictions."""
+
+
+@dataclass
+class AlphaCandidate:
+    """What :func:`calibrate_alpha` measured at one candidate ``alpha``.
+
+    Attributes:
+        alpha: the candidate.
+        selected: number of weights it selects.
+        forget_agreement: share of ``D_f`` inputs whose predicted class is the original's.
+        retain_agreement: the same on the retained sample.
+        admissible: it selects something and ``retain_agreement >= 1 - retain_tolerance``.
+    """
+
+    alpha: float
+    selected: int
+    forget_agreement: float
+    retain_agreement: float
+    admissible: bool
+
+
+@dataclass
+class AlphaChoice:
+    """The ``alpha`` chosen by :func:`calibrate_alpha`, and the evidence for it.
+
+    Attributes:
+        alpha: the chosen selection weighting.
+        lambda_: the dampening constant the candidates were tried with.
+        candidates: one :class:`AlphaCandidate` per candidate, largest ``alpha`` first.
+        max_ratio: the largest ratio ``Imp_Df / Imp_D`` (the ceiling of ``alpha``).
+        forget_concentration: share of ``D_f`` the original assigns to its most frequent class.
+        reason: how the choice was made, in words.
+        warning: why the choice is doubtful (see :class:`CalibrationWarning`), else ``None``.
+    """
+
+    alpha: float
+    lambda_: float
+    candidates: list[AlphaCandidate] = field(default_factory=list)
+    max_ratio: float = 0.0
+    forget_concentration: float = 1.0
+    reason: str = ""
+    warning: str | None = None
+
+    def rows(self) -> list[dict]:
+        """One dict per candidate (for a table)."""
+        return [vars(c).copy() for c in self.candidates]
+
+    def __str__(self) -> str:
+        return f"alpha={self.alpha:.3g} (of {len(self.candidates)} candidates; ceiling {self.max_ratio:.3g}): {self.reason}"
+
+
+def default_candidates(
+    full_importance: Mapping[str, torch.Tensor],
+    forget_importance: Mapping[str, torch.Tensor],
+    *,
+    growth: float = 2.0,
+    largest_share: float = 0.5,
+) -> list[float]:
+    """Alphas that select about 1, 2, 4, 8, ... weights, up to ``largest_share`` of them.
+
+    The ``k``-th candidate is the ``(2**k + 1)``-th largest finite ratio ``Imp_Df / Imp_D``,
+    so that it selects the ``2**k`` weights with larger ratios (fewer where ratios tie;
+    repeated values are dropped). The candidates are spaced evenly in the *number of
+    weights they select*, on a log scale, which is the quantity that decides what the
+    dampening does; largest first.
+
+    Raises:
+        ValueError: no ratio is positive (nothing matters more to ``D_f`` than not at all).
+    """
+    ratios = importance_ratios(full_importance, forget_importance)
+    if ratios.numel() < 2 or not float(ratios.max()) > 0:
+        raise ValueError("no weight has a positive finite ratio Imp_Df/Imp_D, so no alpha selects by ratio")
+    top = torch.sort(ratios, descending=True).values
+    if not growth > 1:
+        raise ValueError(f"growth must be > 1, got {growth}")
+    alphas, k = [], 1.0
+    while int(k) < len(top) * largest_share:
+        alpha = float(top[int(k)])
+        if alpha > 0 and (not alphas or alpha < alphas[-1]):
+            alphas.append(alpha)
+        k *= growth
+    return alphas
+
+
+def _inputs(loader: Iterable, name: str) -> list[torch.Tensor]:
+    batches = [split_batch(batch, need_labels=False)[0] for batch in loader]
+    if not batches or sum(len(x) for x in batches) == 0:
+        raise ValueError(f"{name} yielded no inputs")
+    return batches
+
+
+@torch.no_grad()
+def _predictions(model: nn.Module, batches: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    out = []
+    for x in batches:
+        logits = model(x.to(device))
+        if logits.dim() != 2:
+            raise ValueError(f"calibrate_alpha needs class scores of shape (batch, classes); the model returned shape {tuple(logits.shape)}")
+        out.append(logits.argmax(dim=1).cpu())
+    return torch.cat(out)
+
+
+def calibrate_alpha(
+    model: nn.Module,
+    full_importance: Mapping[str, torch.Tensor],
+    forget_importance: Mapping[str, torch.Tensor],
+    forget_loader: Iterable,
+    retain_loader: Iterable,
+    *,
+    lambda_: float = 1.0,
+    candidates: Sequence[float] | None = None,
+    retain_tolerance: float = 0.01,
+    forget_slack: float = 0.02,
+    min_concentration: float = 0.5,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    warn: bool = True,
+) -> AlphaChoice:
+    """Choose ``alpha`` for one forget request from predictions alone (no labels).
+
+    Uses only inputs: labels in the batches are ignored, and bare input tensors are
+    accepted. Reuses ``Imp_D`` and ``Imp_Df`` (no gradient pass) and never modifies
+    ``model``: each candidate is tried on a scratch copy. The rule is in the module
+    docstring.
+
+    Args:
+        model: the trained (original) network.
+        full_importance, forget_importance: ``Imp_D`` and ``Imp_Df`` of the method
+            (same objective and granularity), as for :func:`~lfssd_tutorial.select_and_dampen_`.
+        forget_loader: the forget set ``D_f``.
+        retain_loader: a small sample of retained data (a few hundred inputs suffice).
+        lambda_: the dampening constant the candidates are tried with.
+        candidates: the ``alpha`` values to try; by default :func:`default_candidates`
+            (the alphas that select about 1, 2, 4, ... weights, up to half of them).
+        retain_tolerance: the largest share of retained predictions a candidate may change.
+        forget_slack: how far above the lowest ``forget_agreement`` the chosen candidate may be.
+        min_concentration: the smallest share of ``D_f`` the original must assign to one
+            class; below it the request looks like random forgetting and is refused.
+        device: where to evaluate; by default the model's device.
+        progress: show a progress bar over the candidates.
+        warn: emit a :class:`CalibrationWarning` when the choice is doubtful (it is
+            recorded in ``AlphaChoice.warning`` either way).
+
+    Returns:
+        An :class:`AlphaChoice`: ``.alpha`` and, per candidate, the weights selected and
+        the two agreements.
+
+    Raises:
+        ValueError: an empty loader; importances that do not fit ``model``; a bad
+            ``lambda_``, candidate or tolerance; a forget set spread over many classes
+            (``min_concentration``); candidates none of which selects a weight.
+
+    Warns:
+        CalibrationWarning: no candidate kept ``retain_agreement >= 1 - retain_tolerance``
+            (the largest candidate that selects anything is returned), or no admissible
+            candidate changed the predictions on more than half of ``D_f`` (at this
+            ``lambda_`` the edit cannot forget without changing retained predictions).
+    """
+    check_hyperparameters(1.0, lambda_)
+    check_importances([(full_importance, "full_importance (Imp_D)"), (forget_importance, "forget_importance (Imp_Df)")], model)
+    for name, value in (("retain_tolerance", retain_tolerance), ("forget_slack", forget_slack), ("min_concentration", min_concentration)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    device = resolve_device(device, model)
+    forget_inputs, retain_inputs = _inputs(forget_loader, "forget_loader"), _inputs(retain_loader, "retain_loader")
+
+    work = copy.deepcopy(model).to(device).eval()
+    forget_before, retain_before = _predictions(work, forget_inputs, device), _predictions(work, retain_inputs, device)
+    concentration = float(np.bincount(forget_before.numpy()).max() / len(forget_before))
+    if concentration < min_concentration:
+        raise ValueError(
+            f"the original model assigns only {100 * concentration:.0f}% of the forget set to its most frequent class "
+            f"(min_concentration={min_concentration:g}). calibrate_alpha assumes full-class or sub-class forgetting; "
+            "with random forgetting the retrained model still classifies the forgotten inputs like unseen ones, so "
+            "moving their predictions is the wrong target. Choose alpha on labelled validation data instead."
+        )
+
+    max_ratio = max_importance_ratio(full_importance, forget_importance)
+    alphas = default_candidates(full_importance, forget_importance) if candidates is None else sorted((float(a) for a in candidates), reverse=True)
+    if not alphas:
+        raise ValueError("candidates is empty")
+    for a in alphas:
+        check_hyperparameters(a, lambda_)
+
+    params = trainable_parameters(work)
+    saved = {name: p.detach().clone() for name, p in params.items()}
+    tried = []
+    for alpha in progress_bar(alphas, progress, "calibrating alpha"):
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(saved[name])
+        report = select_and_dampen_(work, full_importance, forget_importance, alpha=alpha, lambda_=lambda_, warn=False)
+        if report.nothing_selected:
+            tried.append(AlphaCandidate(alpha, 0, 1.0, 1.0, False))
+            continue
+        forget_agree = float((_predictions(work, forget_inputs, device) == forget_before).float().mean())
+        retain_agree = float((_predictions(work, retain_inputs, device) == retain_before).float().mean())
+        tried.append(AlphaCandidate(alpha, report.total_selected, forget_agree, retain_agree,
+                                    retain_agree >= 1 - retain_tolerance - 1e-12))
+
+    selecting = [c for c in tried if c.selected > 0]
+    if not selecting:
+        raise ValueError(f"none of the {len(tried)} candidate alphas selects a weight (the largest ratio Imp_Df/Imp_D "
+                         f"is {max_ratio:.3g}; only alpha below it selects anything)")
+    admissible = [c for c in tried if c.admissible]
+    warning = None
+    if not admissible:
+        chosen = selecting[0]
+        reason = (f"no candidate kept {100 * (1 - retain_tolerance):g}% of the retained predictions; "
+                  "returned the largest alpha that selects anything")
+        warning = f"{reason} (alpha={chosen.alpha:.3g}, retain agreement {100 * chosen.retain_agreement:.1f}%)"
+    else:
+        lowest = min(c.forget_agreement for c in admissible)
+        chosen = next(c for c in admissible if c.forget_agreement <= lowest + forget_slack + 1e-12)
+        reason = (f"the largest alpha keeping >= {100 * (1 - retain_tolerance):g}% of the retained predictions whose "
+                  f"forget agreement ({100 * chosen.forget_agreement:.1f}%) is within {100 * forget_slack:g} points of "
+                  f"the lowest ({100 * lowest:.1f}%)")
+        if lowest > 0.5:
+            warning = (f"every candidate that keeps {100 * (1 - retain_tolerance):g}% of the retained predictions leaves "
+                       f"at least {100 * lowest:.0f}% of the forget set's predictions as they were: at lambda={lambda_:g} "
+                       "the selected weights cannot forget D_f without changing retained predictions")
+    if warning is not None and warn:
+        warnings.warn(f"calibrate_alpha: {warning}", CalibrationWarning, stacklevel=2)
+    return AlphaChoice(alpha=chosen.alpha, lambda_=float(lambda_), candidates=tried, max_ratio=max_ratio,
+                       forget_concentration=concentration, reason=reason, warning=warning)

@@ -1,0 +1,83 @@
+"""The out-of-sample study of alpha rules (chapter 7), at a tiny scale."""
+
+import numpy as np
+import pytest
+
+from lfssd_tutorial.alpha_study import PUBLISHED_ALPHA, run_alpha_study, succeeds, summarise_study, validation_test_halves
+from lfssd_tutorial.digits import digits_config
+from lfssd_tutorial.training import TrainConfig
+
+
+def test_validation_test_halves_are_disjoint_and_stratified():
+    labels = np.array([0] * 5 + [1] * 4 + [2] * 3)
+    val, test = validation_test_halves(labels, seed=3)
+    assert np.intersect1d(val, test).size == 0 and len(val) + len(test) == len(labels)
+    assert [int((labels[val] == c).sum()) for c in range(3)] == [2, 2, 1]
+    again = validation_test_halves(labels, seed=3)
+    assert np.array_equal(again[0], val) and np.array_equal(again[1], test)
+
+
+def test_succeeds():
+    original = {"test_retain": 98.0, "test_forget": 97.0}
+    retrained = {"test_retain": 97.0, "test_forget": 0.0}
+    assert succeeds({"test_retain": 96.0, "test_forget": 5.0}, original, retrained)
+    assert not succeeds({"test_retain": 95.9, "test_forget": 0.0}, original, retrained)
+    assert not succeeds({"test_retain": 98.0, "test_forget": 5.1}, original, retrained)
+
+
+@pytest.fixture(scope="module")
+def study():
+    config = digits_config(train_config=TrainConfig(epochs=3, lr=0.05, milestones=(2,)))
+    return run_alpha_study(config, seeds=[0], targets=["3", "8"], fixed_alphas=(2.0, 10.0), retain_sample=64)
+
+
+def test_the_study_records_every_rule(study):
+    kinds = [(r["kind"], r.get("model"), r.get("method"), r.get("alpha") if r["kind"] == "fixed" else None)
+             for r in study if r["target"] == "3" and r["kind"] != "candidate"]
+    assert kinds == [("reference", "original", None, None), ("reference", "retrained", None, None),
+                     ("fixed", None, "ssd", 2.0), ("fixed", None, "ssd", 10.0), ("calibrated", None, "ssd", None),
+                     ("fixed", None, "lfssd", 2.0), ("fixed", None, "lfssd", 10.0), ("calibrated", None, "lfssd", None)]
+    for method in ("ssd", "lfssd"):
+        tried = [r for r in study if r["target"] == "3" and r["kind"] == "candidate" and r["method"] == method]
+        (chosen,) = [r for r in study if r["target"] == "3" and r["kind"] == "calibrated" and r["method"] == method]
+        assert len(tried) >= 2 and [r["alpha"] for r in tried] == sorted((r["alpha"] for r in tried), reverse=True)
+        assert {k: v for k, v in chosen.items() if k not in ("kind", "warning", "max_ratio", "seconds", "importance_seconds")} in [
+            {k: v for k, v in r.items() if k != "kind"} for r in tried]
+    for r in study:
+        assert all(0 <= r[k] <= 100 for k in ("val_retain", "val_forget", "test_retain", "test_forget"))
+    calibrated = [r for r in study if r["kind"] == "calibrated"]
+    assert all(r["seconds"] > 0 and r["importance_seconds"] > 0 and r["alpha"] >= 1 for r in calibrated)
+
+
+def test_the_summary_counts_successes(study):
+    rows = summarise_study(study)
+    assert [r["method"] for r in rows] == ["ssd", "lfssd"]
+    refs = {(r["target"], r["model"]): r for r in study if r["kind"] == "reference"}
+    for row in rows:
+        assert row["requests"] == 2
+        published = [r for r in study if r["kind"] == "fixed" and r["method"] == row["method"] and r["alpha"] == PUBLISHED_ALPHA]
+        assert row["published"] == sum(succeeds(r, refs[(r["target"], "original")], refs[(r["target"], "retrained")]) for r in published)
+        calibrated = [r for r in study if r["kind"] == "calibrated" and r["method"] == row["method"]]
+        assert row["calibrated"] == sum(succeeds(r, refs[(r["target"], "original")], refs[(r["target"], "retrained")]) for r in calibrated)
+        assert set(row["leave_one_out_alphas"]) <= {2.0, 10.0}
+        assert row["calibrated"] <= row["any_candidate"] <= row["requests"]
+
+
+def test_leave_one_out_chooses_on_the_other_targets_validation_half():
+    def acc(retain, forget):
+        return {f"{h}_{p}": v for h in ("val", "test") for p, v in (("retain", retain), ("forget", forget))}
+
+    records = []
+    for t in "ABC":
+        records += [{"seed": 0, "target": t, "kind": "reference", "model": "original", **acc(90, 90)},
+                    {"seed": 0, "target": t, "kind": "reference", "model": "retrained", **acc(90, 0)}]
+    good, bad_retain, bad_forget = acc(90, 0), acc(80, 0), acc(90, 50)
+    outcome = {("A", 2.0): good, ("B", 2.0): good, ("C", 2.0): bad_retain,
+               ("A", 5.0): bad_forget, ("B", 5.0): bad_forget, ("C", 5.0): good}
+    records += [{"seed": 0, "target": t, "kind": "fixed", "method": "lfssd", "alpha": a, **v} for (t, a), v in outcome.items()]
+    records += [{"seed": 0, "target": t, "kind": "calibrated", "method": "lfssd", "alpha": 3.0, **(bad_retain if t == "C" else good)}
+                for t in "ABC"]
+    (row,) = summarise_study(records)
+    # A and B: the others tie 1-1, the tie goes to 5, which fails them; C: 2 wins 2-0 and fails C
+    assert row == {"method": "lfssd", "requests": 3, "calibrated": 2, "published": None, "leave_one_out": 0, "any_candidate": 0,
+                   "leave_one_out_alphas": [2.0, 5.0], "calibrated_alphas": [3.0, 3.0, 3.0]}
