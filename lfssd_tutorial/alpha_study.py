@@ -1,4 +1,4 @@
-"""Does a way of choosing alpha carry over to a new forget request? The study of chapter 7.
+"""Does a way of choosing alpha carry over to a new forget request? An out-of-sample study.
 
 For each forget request (a training seed and a forget target of an experiment config) and
 each method (SSD, LFSSD), :func:`run_alpha_study` computes ``Imp_D`` and ``Imp_Df`` once,

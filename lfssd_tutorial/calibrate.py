@@ -4,7 +4,7 @@ LFSSD needs no labels to compute its importances, but a fixed ``alpha`` does not
 from one forget request to the next. This module picks ``alpha`` per request from
 *predictions* only, reusing the importances already computed (no gradient pass).
 
-The rule (derived in chapter 7 of the book). A model that has forgotten ``D_f`` should
+The rule. A model that has forgotten ``D_f`` should
 behave like the model retrained without it. For a full-class (or sub-class) request:
 
 * on retained data, the retrained model predicts what the original predicts, up to the
