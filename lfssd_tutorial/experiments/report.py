@@ -133,7 +133,7 @@ def plot_summary(rows: Sequence[Mapping], out_dir: str) -> list[str]:
     """One figure per (experiment, target): bars of Acc(D_r), Acc(D_f), MIA with sd error bars.
 
     One bar a method row, the rows down the side; the retrained model's value is a dashed
-    line across each panel. The figure is :data:`~lfssd_tutorial.plots.BOOK_WIDTH` wide.
+    line across each panel. The figure is ``lfssd_tutorial.plots.BOOK_WIDTH`` (7.5 in) wide.
     """
     plt = _pyplot()
     files = []

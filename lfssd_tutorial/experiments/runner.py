@@ -210,7 +210,7 @@ class ForgetRequest:
     original: nn.Module
     make_model: Callable[[], nn.Module]
     device: torch.device
-    experiment: _Experiment = field(repr=False)
+    experiment: object = field(repr=False)  # the runner's experiment that built the request
 
     @property
     def train_config(self) -> TrainConfig:
