@@ -5,7 +5,7 @@ An experiment is described by a small config file (YAML or JSON; see ``configs/`
 :func:`load_config` validates it and raises :class:`ConfigError` naming the bad field.
 :func:`run_forget` runs every *cell* (scenario x forget target x method x seed) and
 appends each result to ``results.jsonl`` the moment it finishes; a restarted run skips
-the cells already there. Every cell is seeded from its own key, so a cell gives the same
+the cells already there. Every method cell is seeded from its own key, so a cell gives the same
 numbers whether it runs first, last, or after a restart. Wall times go to a separate
 ``timings.jsonl`` so that the results file itself is reproducible byte for byte.
 

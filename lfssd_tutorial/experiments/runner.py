@@ -9,7 +9,8 @@ after a restart.
 
 Every method runs through :func:`lfssd_tutorial.methods.run_method` on the original model
 of its seed. The original model (per seed) and the retrained model (per seed and target)
-are checkpoints, trained once and then loaded (:func:`~.store.load_or_train`).
+are checkpoints, trained once and then loaded (:func:`~.store.load_or_train`); they are
+seeded with the training seed ``s`` and with ``s + 1``, not from a cell's key.
 
 :func:`forget_request` builds the same data, loaders and models for one (seed, target)
 as a :class:`ForgetRequest`, in memory, for code that works with one request at a time
