@@ -26,55 +26,23 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-import numpy as np
 import torch
-from torch.utils.data import Subset
 
 from .calibrate import calibrate_alpha
-from .data import make_loader
-from .experiments import ExperimentConfig, ForgetRequest, forget_request
+from .experiments import ExperimentConfig, forget_request
 from .importance import compute_importance
-from .metrics import evaluate_accuracy
+from .request import half_accuracies, validation_test_halves
+from .request import retain_sample as sample_retained
 from .sweep import dampen_copy
 from .unlearn import objective_for
 from .utils import progress as progress_bar
 
-__all__ = ["FIXED_ALPHAS", "PUBLISHED_ALPHA", "validation_test_halves", "run_alpha_study", "succeeds", "summarise_study"]
+__all__ = ["FIXED_ALPHAS", "PUBLISHED_ALPHA", "run_alpha_study", "succeeds", "summarise_study"]
 
 #: The fixed alphas of the study.
 FIXED_ALPHAS = (1.5, 2.0, 3.0, 5.0, 7.0, 10.0)
 #: The alpha the papers publish for SSD and LFSSD on ResNet18.
 PUBLISHED_ALPHA = 10.0
-
-
-def validation_test_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Test indices split into a validation and a test half, stratified by ``labels``.
-
-    Each class's indices are shuffled with ``seed``; the first half (rounded down) is
-    validation, the rest test. Returns sorted index arrays.
-    """
-    rng = np.random.default_rng(seed)
-    val, test = [], []
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        val.append(members[: len(members) // 2])
-        test.append(members[len(members) // 2:])
-    return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
-
-
-def _accuracies(request: ForgetRequest, halves: dict[str, np.ndarray]):
-    """A function ``model -> {"val_retain", "val_forget", "test_retain", "test_forget"}``."""
-    data, split = request.data, request.split
-    batch = request.loaders.retain.batch_size
-    loaders = {}
-    for half, idx in halves.items():
-        for part, members in (("retain", split.test_retain), ("forget", split.test_forget)):
-            loaders[f"{half}_{part}"] = make_loader(Subset(data.test, np.intersect1d(members, idx).tolist()), batch_size=batch)
-
-    def evaluate(model) -> dict[str, float]:
-        return {name: evaluate_accuracy(model, loader) for name, loader in loaders.items()}
-
-    return evaluate
 
 
 def run_alpha_study(
@@ -115,13 +83,14 @@ def run_alpha_study(
         request = base.for_target(target)
         fine = request.data.test_fine if config.scenario.kind == "sub_class" else request.data.test_labels
         val, test = validation_test_halves(fine, seed=0)
-        evaluate = _accuracies(request, {"val": val, "test": test})
+
+        def evaluate(model, request=request, halves={"val": val, "test": test}):
+            return half_accuracies(model, request.data, request.split, halves, batch_size=request.loaders.retain.batch_size)
+
         where = {"seed": seed, "target": str(target)}
         records.append({**where, "kind": "reference", "model": "original", **evaluate(request.original)})
         records.append({**where, "kind": "reference", "model": "retrained", **evaluate(request.retrained())})
-        retain_idx = np.random.default_rng(seed).choice(len(request.split.retain), size=min(retain_sample, len(request.split.retain)), replace=False)
-        retain_loader = make_loader(Subset(request.split.retain_set(request.data), np.sort(retain_idx).tolist()),
-                                    batch_size=request.loaders.retain.batch_size)
+        retain_loader = sample_retained(request.loaders, retain_sample, seed=seed)
         for method in methods:
             objective = objective_for(method)
             t0 = time.perf_counter()

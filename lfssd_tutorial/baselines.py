@@ -9,15 +9,19 @@ unlearned model; the hyperparameters are ``options.baselines``
 ``original``       the trained model itself (the "Baseline" row of the papers' tables)
 ``retrain``        a freshly initialised model trained on ``D_r`` with the original recipe
 ``retrain_head``   the authors' "retrain": only the final linear layer is re-initialised,
-                   the rest starts from the original's weights; then trained on ``D_r``.
-                   It is *not* a retrain from scratch and is named accordingly.
-``finetune``       5 epochs on ``D_r`` with Adam, lr 0.02
-``bad_teacher``    1 epoch of KL distillation, Adam 1e-4, on 30% of ``D_r`` (teacher: the
-                   original) plus ``D_f`` (teacher: a randomly initialised model)
-``amnesiac``       ``D_f`` relabelled at random plus ``D_r``, 3 epochs, Adam 1e-4
-``unsir``          error-maximising noise learned for the forget labels; 1 impair epoch
-                   (noise + part of ``D_r``) and 1 repair epoch (``D_r`` part), Adam 1e-4
+                   the rest starts from the original's weights; then trained on ``D_r``
+                   at lr 0.01. It is *not* a retrain from scratch and is named accordingly.
+``finetune``       5 epochs on ``D_r``, SGD (momentum 0.9, weight decay 5e-4) at lr 0.02
+``bad_teacher``    1 epoch of KL distillation, Adam 1e-4, batch 256, on 30% of ``D_r``
+                   (teacher: the original) plus ``D_f`` (teacher: a randomly initialised model)
+``amnesiac``       ``D_f`` relabelled at random plus ``D_r``, 3 epochs, Adam 1e-4, batch 128
+``unsir``          error-maximising noise (25 steps) for the forget labels; 1 impair epoch
+                   (80 copies of the noise + 500 images of each retained class, batch 32)
+                   and 1 repair epoch (those images, batch 128), Adam 1e-4
 =================  =====================================================================
+
+The defaults are the authors' settings; :mod:`lfssd_tutorial.reference` lists them beside
+the reference code's values.
 
 SSD and LFSSD, with the same signature, are in :mod:`lfssd_tutorial.methods`, which also
 holds the registry of every method. The data arrive as a
@@ -28,6 +32,7 @@ wrappers of the underlying datasets), never materialised as lists of tensors.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -58,18 +63,20 @@ __all__ = [
 # ---------------------------------------------------------------------------- helpers
 
 
-def _loader_like(ref: DataLoader, dataset: Dataset, *, seed: int) -> DataLoader:
-    """A shuffled loader over ``dataset`` with the batch size, workers and pinning of ``ref``.
+def _loader_like(ref: DataLoader, dataset: Dataset, *, seed: int, batch_size: int | None = None) -> DataLoader:
+    """A shuffled loader over ``dataset`` with the workers and pinning of ``ref``, and its
+    batch size unless ``batch_size`` is given.
 
     Its workers are not persistent: each baseline iterates its loaders only a few times.
     """
-    return make_loader(dataset, batch_size=ref.batch_size, shuffle=True, seed=seed, num_workers=ref.num_workers,
+    return make_loader(dataset, batch_size=batch_size or ref.batch_size, shuffle=True, seed=seed, num_workers=ref.num_workers,
                        pin_memory=ref.pin_memory, persistent_workers=False)
 
 
-def _fit_adam(model: nn.Module, loader, epochs: int, lr: float, device: torch.device, amp: bool, progress: bool, desc: str) -> nn.Module:
-    """Cross-entropy training with Adam (the reference's ``fit_one_unlearning_cycle``)."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+def _fit(model: nn.Module, loader, epochs: int, opt: torch.optim.Optimizer, device: torch.device, amp: bool, progress: bool,
+         desc: str) -> nn.Module:
+    """Cross-entropy training at the optimiser's constant rate (the reference's
+    ``fit_one_unlearning_cycle`` with Adam, and its ``fit_one_cycle`` without milestones with SGD)."""
     model.to(device).train()
     for _ in progress_bar(range(epochs), progress, desc):
         for batch in loader:
@@ -82,6 +89,21 @@ def _fit_adam(model: nn.Module, loader, epochs: int, lr: float, device: torch.de
             opt.step()
     model.eval()
     return model
+
+
+def _fit_adam(model: nn.Module, loader, epochs: int, lr: float, device: torch.device, amp: bool, progress: bool, desc: str) -> nn.Module:
+    """:func:`_fit` with Adam at ``lr`` (no weight decay)."""
+    return _fit(model, loader, epochs, torch.optim.Adam(model.parameters(), lr=lr), device, amp, progress, desc)
+
+
+def _per_class_subset(dataset: Dataset, labels: np.ndarray, per_class: int, seed: int) -> Subset:
+    """Up to ``per_class`` samples of each label of ``labels`` (``dataset``'s), drawn with ``seed``, in dataset order."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.append(members if len(members) <= per_class else rng.choice(members, size=per_class, replace=False))
+    return Subset(dataset, np.sort(np.concatenate(chosen)).tolist())
 
 
 def _random_subset(dataset: Dataset, fraction: float, seed: int) -> Subset:
@@ -146,22 +168,28 @@ def retrain_head(model: nn.Module, loaders: SplitLoaders, options: MethodOptions
     """The authors' "retrain": re-initialise only the last linear layer, then train on ``D_r``.
 
     All other weights start from the *original* model, which has seen ``D_f``; this is
-    therefore not a retrain from scratch. Provided to reproduce the reference code.
+    therefore not a retrain from scratch. Provided to reproduce the reference code: its
+    recipe is the original's at ``retrain_head_lr`` (0.01). The reference's warm-up, which
+    overshoots to twice that rate over two epochs, is not reproduced.
     """
     device = resolve_device(options.device, model)
     student = copy.deepcopy(model)
     _last_linear(student).reset_parameters()
-    return MethodResult(train_model(student, loaders.retain_train, options.baselines.retrain, device=device, progress=options.progress))
+    recipe = dataclasses.replace(options.baselines.retrain, lr=options.baselines.retrain_head_lr)
+    return MethodResult(train_model(student, loaders.retain_train, recipe, device=device, progress=options.progress))
 
 
 def finetune(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> MethodResult:
-    """Fine-tune on ``D_r`` only: ``finetune_epochs`` (5) epochs, Adam, lr ``finetune_lr`` (0.02)."""
+    """Fine-tune on ``D_r`` only: ``finetune_epochs`` (5) epochs of SGD at a constant
+    ``finetune_lr`` (0.02), momentum ``finetune_momentum`` (0.9), weight decay
+    ``finetune_weight_decay`` (5e-4), on the unaugmented ``D_r`` shuffled, at the loaders' batch size."""
     config = options.baselines
     device = resolve_device(options.device, model)
     loader = _loader_like(loaders.retain, loaders.retain.dataset, seed=options.seed)
-    student = _fit_adam(copy.deepcopy(model), loader, config.finetune_epochs, config.finetune_lr, device, config.amp,
-                        options.progress, "finetune")
-    return MethodResult(student)
+    student = copy.deepcopy(model)
+    opt = torch.optim.SGD(student.parameters(), lr=config.finetune_lr, momentum=config.finetune_momentum,
+                          weight_decay=config.finetune_weight_decay)
+    return MethodResult(_fit(student, loader, config.finetune_epochs, opt, device, config.amp, options.progress, "finetune"))
 
 
 def bad_teacher(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> MethodResult:
@@ -170,7 +198,10 @@ def bad_teacher(model: nn.Module, loaders: SplitLoaders, options: MethodOptions)
     The student (a copy of the original) matches, by KL divergence at temperature
     ``bad_teacher_temperature``, the original model on a random ``bad_teacher_retain_fraction``
     (30%) of ``D_r`` and a randomly initialised model (``options.model_factory``) on ``D_f``;
-    ``bad_teacher_epochs`` (1) epoch of Adam at ``bad_teacher_lr`` (1e-4).
+    ``bad_teacher_epochs`` (1) epoch of Adam at ``bad_teacher_lr`` (1e-4), batches of
+    ``bad_teacher_batch_size`` (256). The KL divergence is averaged over the batch (the
+    reference averages over batch and classes, a factor ``1/classes`` that Adam's
+    normalised steps all but ignore).
     """
     config, seed = options.baselines, options.seed
     device = resolve_device(options.device, model)
@@ -182,7 +213,7 @@ def bad_teacher(model: nn.Module, loaders: SplitLoaders, options: MethodOptions)
     forget_part = loaders.forget.dataset
     # The label of each sample says which teacher it follows: 0 the competent, 1 the incompetent.
     data = ConcatDataset([Relabelled(retain_part, np.zeros(len(retain_part))), Relabelled(forget_part, np.ones(len(forget_part)))])
-    loader = _loader_like(loaders.retain, data, seed=seed)
+    loader = _loader_like(loaders.retain, data, seed=seed, batch_size=config.bad_teacher_batch_size)
     opt = torch.optim.Adam(student.parameters(), lr=config.bad_teacher_lr)
     t = config.bad_teacher_temperature
     student.train()
@@ -209,7 +240,7 @@ def amnesiac(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) ->
 
     Every forget sample gets a label drawn uniformly from the other classes; the copy of
     the model trains on that and ``D_r`` for ``amnesiac_epochs`` (3) epochs with Adam at
-    ``amnesiac_lr`` (1e-4).
+    ``amnesiac_lr`` (1e-4), batches of ``amnesiac_batch_size`` (128).
     """
     config, seed = options.baselines, options.seed
     device = resolve_device(options.device, model)
@@ -217,7 +248,7 @@ def amnesiac(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) ->
         raise ValueError("amnesiac needs at least two classes")
     wrong = random_other_labels(loaders.forget_labels, loaders.num_classes, seed)
     data = ConcatDataset([Relabelled(loaders.retain.dataset), Relabelled(loaders.forget.dataset, wrong)])
-    loader = _loader_like(loaders.retain, data, seed=seed)
+    loader = _loader_like(loaders.retain, data, seed=seed, batch_size=config.amnesiac_batch_size)
     student = _fit_adam(copy.deepcopy(model), loader, config.amnesiac_epochs, config.amnesiac_lr, device, config.amp,
                         options.progress, "amnesiac")
     return MethodResult(student)
@@ -226,12 +257,15 @@ def amnesiac(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) ->
 def unsir(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> MethodResult:
     """UNSIR (Tarun et al. 2023): error-maximising noise, then impair and repair.
 
-    For every distinct label among ``D_f`` a batch of ``unsir_noise_batch`` noise images is
-    optimised (Adam, lr ``unsir_noise_lr``, ``unsir_noise_steps`` steps, model frozen in
-    eval mode) to *maximise* the cross-entropy w.r.t. that label, with the reference's
-    ``0.1 * mean ||noise||^2`` penalty. Impair: one epoch of Adam (``unsir_impair_lr``) on
-    the noise (``unsir_noise_copies`` copies) plus a random ``unsir_retain_fraction`` of
-    ``D_r``. Repair: one epoch (``unsir_repair_lr``) on that part of ``D_r``.
+    For every distinct label among ``D_f`` a batch of ``unsir_noise_batch`` (32) noise
+    images is optimised (Adam, lr ``unsir_noise_lr`` 0.1, ``unsir_noise_steps`` 25 steps,
+    model frozen in eval mode) to *maximise* the cross-entropy w.r.t. that label, with the
+    reference's ``0.1 * mean ||noise||^2`` penalty. The noisy set is ``unsir_noise_copies``
+    (80) copies of the noise (of its first ``unsir_noise_kept`` images per label, if set).
+    The retained images are up to ``unsir_samples_per_class`` (500) of each class of
+    ``D_r``. Impair: one epoch of Adam (``unsir_impair_lr`` 1e-4) on the noise plus those
+    images, batch ``unsir_batch_size`` (32). Repair: one epoch (``unsir_repair_lr`` 1e-4)
+    on the retained images, batch ``unsir_repair_batch_size`` (128).
     """
     config, seed, progress = options.baselines, options.seed, options.progress
     device = resolve_device(options.device, model)
@@ -239,9 +273,10 @@ def unsir(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> Me
     x0, _ = split_batch(next(iter(loaders.forget)), need_labels=False)
     shape = tuple(x0.shape[1:])
     targets = np.unique(loaders.forget_labels)
+    batch = config.unsir_noise_batch
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(targets) * config.unsir_noise_batch, *shape), generator=generator).to(device).requires_grad_(True)
-    noise_labels = torch.from_numpy(np.repeat(targets, config.unsir_noise_batch)).long()
+    noise = torch.randn((len(targets) * batch, *shape), generator=generator).to(device).requires_grad_(True)
+    noise_labels = torch.from_numpy(np.repeat(targets, batch)).long()
     opt = torch.optim.Adam([noise], lr=config.unsir_noise_lr)
     student.eval()
     for p in student.parameters():
@@ -254,10 +289,13 @@ def unsir(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> Me
         opt.step()
     for p in student.parameters():
         p.requires_grad_(True)
+    kept = torch.arange(len(noise_labels)) % batch < (config.unsir_noise_kept or batch)
     copies = config.unsir_noise_copies
-    noise_set = Relabelled(TensorDataset(noise.detach().cpu().repeat(copies, *([1] * len(shape))), noise_labels.repeat(copies)))
-    retain_part = _random_subset(loaders.retain.dataset, config.unsir_retain_fraction, seed)
-    impair = _loader_like(loaders.retain, ConcatDataset([noise_set, Relabelled(retain_part)]), seed=seed)
-    repair = _loader_like(loaders.retain, retain_part, seed=seed + 1)
+    images, labels = noise.detach().cpu()[kept], noise_labels[kept]
+    noise_set = Relabelled(TensorDataset(images.repeat(copies, *([1] * len(shape))), labels.repeat(copies)))
+    retain_part = _per_class_subset(loaders.retain.dataset, loaders.retain_labels, config.unsir_samples_per_class, seed)
+    impair = _loader_like(loaders.retain, ConcatDataset([noise_set, Relabelled(retain_part)]), seed=seed,
+                          batch_size=config.unsir_batch_size)
+    repair = _loader_like(loaders.retain, retain_part, seed=seed + 1, batch_size=config.unsir_repair_batch_size)
     _fit_adam(student, impair, 1, config.unsir_impair_lr, device, config.amp, progress, "UNSIR impair")
     return MethodResult(_fit_adam(student, repair, 1, config.unsir_repair_lr, device, config.amp, progress, "UNSIR repair"))

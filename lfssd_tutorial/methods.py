@@ -15,7 +15,7 @@ from torch import nn
 
 from . import baselines
 from .options import MethodOptions, MethodResult
-from .request import SplitLoaders
+from .request import SplitLoaders, retain_sample
 from .unlearn import unlearn
 
 __all__ = ["Method", "METHODS", "ssd", "lfssd", "run_method"]
@@ -27,6 +27,7 @@ Method = Callable[[nn.Module, SplitLoaders, MethodOptions], MethodResult]
 def _dampen(method: str, model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> MethodResult:
     if options.alpha is None:
         raise ValueError(f"{method} needs options.alpha (the selection weighting), got None")
+    auto = options.alpha == "auto"
     model, report = unlearn(
         model,
         loaders.forget,
@@ -40,6 +41,7 @@ def _dampen(method: str, model: nn.Module, loaders: SplitLoaders, options: Metho
         progress=options.progress,
         autocast_dtype=options.autocast_dtype,
         channels_last=options.channels_last,
+        retain_loader=retain_sample(loaders, options.calibration_sample, seed=options.seed) if auto else None,
         warn=False,
     )
     return MethodResult(model, report)
@@ -49,8 +51,10 @@ def ssd(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> Meth
     """SSD: Fisher importances (labelled ``D_f``), then selection and dampening.
 
     ``Imp_D`` is computed on ``loaders.full`` unless ``options.full_importance`` is given,
-    ``Imp_Df`` on ``loaders.forget``; ``options.alpha`` is required. No warning is raised
-    when nothing is selected: the result's ``report.nothing_selected`` records it.
+    ``Imp_Df`` on ``loaders.forget``; ``options.alpha`` is required (``"auto"`` calibrates it
+    on ``D_f`` and :func:`~lfssd_tutorial.request.retain_sample`'s retained inputs; the choice
+    is ``report.calibration``). No warning is raised when nothing is selected: the result's
+    ``report.nothing_selected`` records it.
     """
     return _dampen("ssd", model, loaders, options)
 

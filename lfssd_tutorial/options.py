@@ -25,42 +25,67 @@ __all__ = ["BaselineConfig", "MethodOptions", "MethodResult"]
 
 @dataclass
 class BaselineConfig:
-    """Hyperparameters of the baselines; the defaults follow the papers and their code.
+    """Hyperparameters of the baselines; the defaults are the authors' settings.
 
-    ``retrain`` is the training recipe of the retrained model (normally the original's).
+    The authors' code (``if-loops/selective-synaptic-dampening``) is the reference for
+    every default; :data:`lfssd_tutorial.reference.BASELINE_SETTINGS` lists each setting
+    beside the reference's value, and says why where the package differs.
+
+    ``retrain`` is the training recipe of the retrained model (normally the original's);
+    ``retrain_head_lr`` is the rate of the authors' head-only "retrain".
+    ``unsir_noise_kept`` ``None`` keeps every optimised noise image; 3 reproduces the
+    reference's indexing slip, which keeps 3 images of each noise batch.
     ``amp`` runs the baselines' training steps under bf16 autocast on CUDA;
     ``importance_bf16`` does the same for SSD/LFSSD's importance passes.
     """
 
     retrain: TrainConfig = field(default_factory=TrainConfig)
+    retrain_head_lr: float = 0.01
     finetune_epochs: int = 5
     finetune_lr: float = 0.02
+    finetune_momentum: float = 0.9
+    finetune_weight_decay: float = 5e-4
     bad_teacher_epochs: int = 1
     bad_teacher_lr: float = 1e-4
     bad_teacher_retain_fraction: float = 0.3
     bad_teacher_temperature: float = 1.0
+    bad_teacher_batch_size: int = 256
     amnesiac_epochs: int = 3
     amnesiac_lr: float = 1e-4
-    unsir_noise_steps: int = 250
+    amnesiac_batch_size: int = 128
+    unsir_noise_steps: int = 25
     unsir_noise_batch: int = 32
     unsir_noise_lr: float = 0.1
-    unsir_noise_copies: int = 10
-    unsir_retain_fraction: float = 0.3
+    unsir_noise_copies: int = 80
+    unsir_noise_kept: int | None = None
+    unsir_samples_per_class: int = 500
+    unsir_batch_size: int = 32
+    unsir_repair_batch_size: int = 128
     unsir_impair_lr: float = 1e-4
     unsir_repair_lr: float = 1e-4
     amp: bool = True  # bf16 autocast for the baselines' training steps, CUDA only
     importance_bf16: bool = False  # bf16 autocast for SSD/LFSSD's importance passes, CUDA only
 
     def __post_init__(self) -> None:
-        for name in ("finetune_epochs", "bad_teacher_epochs", "amnesiac_epochs", "unsir_noise_steps", "unsir_noise_batch", "unsir_noise_copies"):
+        for name in ("finetune_epochs", "bad_teacher_epochs", "amnesiac_epochs", "unsir_noise_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("finetune_lr", "bad_teacher_lr", "amnesiac_lr", "unsir_noise_lr", "unsir_impair_lr", "unsir_repair_lr", "bad_teacher_temperature"):
+        for name in ("bad_teacher_batch_size", "amnesiac_batch_size", "unsir_noise_batch", "unsir_noise_copies",
+                     "unsir_samples_per_class", "unsir_batch_size", "unsir_repair_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("retrain_head_lr", "finetune_lr", "bad_teacher_lr", "amnesiac_lr", "unsir_noise_lr", "unsir_impair_lr",
+                     "unsir_repair_lr", "bad_teacher_temperature"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("bad_teacher_retain_fraction", "unsir_retain_fraction"):
-            if not 0 < float(getattr(self, name)) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        for name in ("finetune_momentum", "finetune_weight_decay"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < float(self.bad_teacher_retain_fraction) <= 1:
+            raise ValueError(f"bad_teacher_retain_fraction must be in (0, 1], got {self.bad_teacher_retain_fraction}")
+        if self.unsir_noise_kept is not None and not 1 <= self.unsir_noise_kept <= self.unsir_noise_batch:
+            raise ValueError(f"unsir_noise_kept must be None or in [1, unsir_noise_batch={self.unsir_noise_batch}], "
+                             f"got {self.unsir_noise_kept}")
 
 
 @dataclass
@@ -69,7 +94,9 @@ class MethodOptions:
 
     Attributes:
         baselines: the baselines' hyperparameters.
-        alpha: SSD/LFSSD's selection weighting (required by them, unused by the baselines).
+        alpha: SSD/LFSSD's selection weighting (required by them, unused by the baselines),
+            or ``"auto"``: chosen per request without labels by
+            :func:`~lfssd_tutorial.calibrate_alpha`, on ``calibration_sample`` retained inputs.
         lambda_: SSD/LFSSD's dampening constant.
         granularity: SSD/LFSSD's importance granularity, ``"batch"`` or ``"sample"``.
         full_importance: a precomputed ``Imp_D`` for SSD/LFSSD (else computed on ``loaders.full``).
@@ -84,7 +111,8 @@ class MethodOptions:
     """
 
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
-    alpha: float | None = None
+    alpha: float | str | None = None
+    calibration_sample: int = 256
     lambda_: float = 1.0
     granularity: str = "batch"
     full_importance: Mapping[str, torch.Tensor] | None = None

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from lfssd_tutorial.alpha_study import PUBLISHED_ALPHA, run_alpha_study, succeeds, summarise_study, validation_test_halves
+from lfssd_tutorial.alpha_study import PUBLISHED_ALPHA, run_alpha_study, succeeds, summarise_study
+from lfssd_tutorial.request import validation_test_halves
 from lfssd_tutorial.digits import digits_config
 from lfssd_tutorial.training import TrainConfig
 

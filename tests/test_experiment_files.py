@@ -57,7 +57,7 @@ def test_bad_values_of_other_modules_dataclasses_are_charged_to_their_field():
         config_from_dict({**base, "train": {"epochs": 3, "lr": 0.0}})
     assert err.value.field == "train.lr" and str(err.value).startswith("train.lr: ")
     with pytest.raises(ConfigError) as err:
-        config_from_dict({**base, "baselines": {"unsir_retain_fraction": 2.0, "finetune_epochs": 1}})
-    assert err.value.field == "baselines.unsir_retain_fraction"
+        config_from_dict({**base, "baselines": {"bad_teacher_retain_fraction": 2.0, "finetune_epochs": 1}})
+    assert err.value.field == "baselines.bad_teacher_retain_fraction"
     config = config_from_dict({**base, "train": {"milestones": [2, 4]}})
     assert config.train.milestones == (2, 4)

@@ -87,7 +87,8 @@ def load_data(config: ExperimentConfig, *, augment: bool) -> DataBundle:
         if d.root is None:
             raise ConfigError("data.root", f"dataset {d.dataset!r} needs a data folder (set data.root or pass --data-root)")
         loader = {"cifar10": load_cifar10, "cifar100": load_cifar100, "cifar20": load_cifar20, "imagefolder": load_image_folder}[d.dataset]
-        data = loader(d.root, augment=augment, size=image_size(config))
+        extra = {"in_memory": True} if d.in_memory else {}
+        data = loader(d.root, augment=augment, size=image_size(config), **extra)
     if d.train_subset is not None or d.test_subset is not None:
         data = subset_bundle(data, d.train_subset, d.test_subset, seed=d.subset_seed)
     return data
@@ -130,9 +131,11 @@ def split_loaders(
 
 
 def uses_channels_last(config: ExperimentConfig, device: torch.device) -> bool:
-    """Whether the config's models run in channels_last memory format: ResNets on CUDA
-    (the models, and the inputs of the importance passes)."""
-    return device.type == "cuda" and config.model.family == "resnet"
+    """Whether the config's models run in channels_last memory format (the models, and the
+    inputs of the importance passes): ResNets on CUDA, and the ResNet-9 on the CPU too
+    (about 1.3x faster to train there; it has no strided 1x1 convolution, the layer whose
+    channels_last training the package refuses on the CPU)."""
+    return config.model.family == "resnet" and (device.type == "cuda" or config.model.name == "resnet9")
 
 
 def model_factory(config: ExperimentConfig, data: DataBundle, device: torch.device) -> Callable[[], nn.Module]:

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "digits-super", "cifar10", "cifar100", "cifar20", "imagefolder")
-MODELS = ("small_cnn", "resnet18", "small_vit", "vit_b_16")
+MODELS = ("small_cnn", "resnet18", "resnet9", "small_vit", "vit_b_16")
 SCENARIOS = ("full_class", "sub_class", "random")
 METHOD_NAMES = ("original", "retrain", "retrain_head", "finetune", "bad_teacher", "amnesiac", "unsir", "ssd", "lfssd")
 _DISPLAY = {
@@ -92,7 +92,13 @@ class DataConfig:
     ``test_subset`` take a class-stratified subset of that many images (fixed by
     ``subset_seed``) for reduced-scale runs. ``image_size`` defaults to 224 for
     ``vit_b_16`` and 32 otherwise (resized on the fly). ``num_workers`` defaults to
-    ``min(8, cpus)`` on CUDA and 0 on CPU.
+    ``min(8, cpus)`` on CUDA and 0 on CPU. ``in_memory`` (``imagefolder`` only) decodes
+    every image once into memory and augments by crop and flip (see
+    :func:`~lfssd_tutorial.data.load_image_folder`). ``validation`` splits the test set into
+    a validation and a test half (:func:`~lfssd_tutorial.request.validation_test_halves`,
+    stratified, fixed by ``subset_seed``): every result then also records Acc(D_r) and
+    Acc(D_f) on each half (``val_retain``, ``val_forget``, ``test_retain``, ``test_forget``),
+    so that hyperparameters chosen on one half are reported on the other.
     """
 
     dataset: str = "digits"
@@ -103,8 +109,12 @@ class DataConfig:
     batch_size: int = 64
     image_size: int | None = None
     num_workers: int | None = None
+    in_memory: bool = False
+    validation: bool = False
 
     def __post_init__(self) -> None:
+        _require(not self.in_memory or self.dataset == "imagefolder", "in_memory",
+                 f"only the imagefolder dataset can be decoded into memory, not {self.dataset!r}")
         _require(self.dataset in DATASETS, "dataset", f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         for name in ("train_subset", "test_subset"):
@@ -114,7 +124,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``name`` is one of ``MODELS`` (small_cnn, resnet18, small_vit, vit_b_16); ``width`` and ``options`` go to the builder."""
+    """``name`` is one of ``MODELS`` (small_cnn, resnet18, resnet9, small_vit, vit_b_16); ``width`` and ``options`` go to the builder."""
 
     name: str = "resnet18"
     width: int | None = None
@@ -170,20 +180,27 @@ class MethodSpec:
     """One row of a results table: a method and, for SSD/LFSSD, its hyperparameters.
 
     ``alpha`` ``None`` means the papers' default for the model and scenario
-    (:func:`default_alpha`). ``label`` defaults to a readable name. In a config file
+    (:func:`default_alpha`); ``"auto"`` chooses it per request without labels
+    (:func:`~lfssd_tutorial.calibrate_alpha`, on ``D_f`` and a sample of ``calibration_sample``
+    retained training inputs). ``label`` defaults to a readable name. In a config file
     ``lambda_`` is written ``lambda``.
     """
 
     method: str
-    alpha: float | None = None
+    alpha: float | str | None = None
     lambda_: float = 1.0
     granularity: str = "batch"
     label: str | None = None
+    calibration_sample: int = 256
 
     def __post_init__(self) -> None:
         _require(self.method in METHOD_NAMES, "method", f"unknown method {self.method!r}; choose one of {', '.join(METHOD_NAMES)}")
         _require(self.granularity in ("batch", "sample"), "granularity", f"must be 'batch' or 'sample', got {self.granularity!r}")
-        _require(self.alpha is None or self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        if isinstance(self.alpha, str):
+            _require(self.alpha == "auto", "alpha", f"must be a number or 'auto', got {self.alpha!r}")
+        else:
+            _require(self.alpha is None or self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        _require(self.calibration_sample >= 1, "calibration_sample", f"must be >= 1, got {self.calibration_sample}")
         _require(self.lambda_ >= 0, "lambda", f"must be >= 0, got {self.lambda_}")
         _require(self.dampening or (self.alpha is None and self.granularity == "batch"), "alpha",
                  f"only ssd and lfssd take alpha/lambda/granularity, not {self.method!r}")
@@ -212,8 +229,10 @@ class ExperimentConfig:
         """The row label of every method, in order."""
         return [method_label(m, self) for m in self.methods]
 
-    def alpha_of(self, spec: MethodSpec) -> float:
-        """The alpha an SSD/LFSSD row runs with: its own, else :func:`default_alpha`."""
+    def alpha_of(self, spec: MethodSpec) -> float | str:
+        """The alpha an SSD/LFSSD row runs with: its own (a number or ``"auto"``), else :func:`default_alpha`."""
+        if isinstance(spec.alpha, str):
+            return spec.alpha
         if spec.alpha is not None:
             return float(spec.alpha)
         return default_alpha(spec.method, self.model.name, self.scenario.kind, self.data.dataset)
@@ -257,7 +276,7 @@ def method_label(spec: MethodSpec, config: ExperimentConfig | None = None) -> st
     if spec.granularity == "sample":
         name += "-sample"
     alpha = spec.alpha if config is None or spec.alpha is not None else config.alpha_of(spec)
-    extra = f"alpha={alpha:g}" if alpha is not None else "alpha=default"
+    extra = "alpha=default" if alpha is None else f"alpha={alpha}" if isinstance(alpha, str) else f"alpha={alpha:g}"
     if spec.lambda_ != 1.0:
         extra += f", lambda={spec.lambda_:g}"
     return f"{name} ({extra})"
@@ -270,10 +289,13 @@ def _value(value, hint, where: str):
     """``value`` checked against the type hint ``hint`` (ints become floats where a float is
     expected, a sequence becomes a tuple, a list a list); a ConfigError names ``where``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):  # the schema's unions are all "X | None"
+    if origin in (typing.Union, types.UnionType):  # "X | None", or "float | str | None" (alpha)
         if value is None:
             return None
-        return _value(value, next(a for a in args if a is not type(None)), where)
+        options = [a for a in args if a is not type(None)]
+        if str in options and isinstance(value, str):
+            return value
+        return _value(value, next(a for a in options if a is not str), where)
     if hint is bool:
         _require(isinstance(value, bool), where, f"expected true/false, got {value!r}")
         return value

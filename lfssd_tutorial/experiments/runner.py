@@ -32,11 +32,11 @@ from torch import nn
 
 from ..data import DataBundle, ForgetSplit, make_loader
 from ..dampening import DampeningReport
-from ..importance import compute_importance
+from ..importance import compute_importance, load_importance, save_importance
 from ..methods import run_method
 from ..metrics import evaluate_accuracy
 from ..options import MethodOptions, MethodResult
-from ..request import SplitLoaders, evaluate_request
+from ..request import SplitLoaders, evaluate_request, half_accuracies, validation_test_halves
 from ..sweep import sweep_alpha_lambda
 from ..training import TrainConfig, seed_everything, train_model
 from ..unlearn import objective_for
@@ -55,7 +55,7 @@ def training_id(config: ExperimentConfig) -> str:
     Checkpoint names carry it, so experiments sharing an output folder share the
     original models exactly when they would train identical ones.
     """
-    data = {k: v for k, v in asdict(config.data).items() if k not in ("root", "num_workers")}
+    data = {k: v for k, v in asdict(config.data).items() if k not in ("root", "num_workers", "validation")}
     blob = json.dumps({"data": data, "model": asdict(config.model), "train": asdict(config.train)}, sort_keys=True, default=list)
     return f"{zlib.crc32(blob.encode()):08x}"
 
@@ -85,6 +85,13 @@ class _Experiment:
         self.ckpt_dir = None if out_dir is None else os.path.join(out_dir, "checkpoints")
         self.splits: dict = {}
         self.originals: dict = {}
+        self.importances: dict = {}
+        self.halves = None
+        if config.data.validation:
+            d = self.eval_data
+            labels = d.test_fine if config.scenario.kind == "sub_class" else d.test_labels
+            val, test = validation_test_halves(labels, seed=config.data.subset_seed)
+            self.halves = {"val": val, "test": test}
 
     def split(self, target) -> ForgetSplit:
         if target not in self.splits:
@@ -98,13 +105,62 @@ class _Experiment:
         """What every method of the config is given; SSD/LFSSD read their row's hyperparameters."""
         c = self.config
         baselines = c.baseline_config()
-        bf16 = self.device.type == "cuda" and baselines.importance_bf16 and spec.granularity == "batch"
         return MethodOptions(
             baselines=baselines, alpha=c.alpha_of(spec) if spec.dampening else None, lambda_=spec.lambda_,
-            granularity=spec.granularity, model_factory=self.factory, device=self.device,
-            progress=self.progress if progress is None else progress,
-            seed=seed, autocast_dtype=torch.bfloat16 if bf16 else None, channels_last=uses_channels_last(c, self.device),
+            calibration_sample=spec.calibration_sample, granularity=spec.granularity, model_factory=self.factory,
+            device=self.device, progress=self.progress if progress is None else progress, seed=seed,
+            autocast_dtype=self.importance_dtype(spec), channels_last=uses_channels_last(c, self.device),
         )
+
+    def importance_dtype(self, spec: MethodSpec) -> torch.dtype | None:
+        """bf16 for batch-granularity importance passes on CUDA when ``baselines.importance_bf16``, else ``None``."""
+        bf16 = self.device.type == "cuda" and self.config.baseline_config().importance_bf16 and spec.granularity == "batch"
+        return torch.bfloat16 if bf16 else None
+
+    def full_importance(self, spec: MethodSpec, seed: int, target, loaders: SplitLoaders) -> tuple[dict, float]:
+        """``Imp_D`` of the original of ``seed`` with ``spec``'s objective and granularity, and
+        the seconds its pass took; every row with other alphas or lambdas reuses it.
+
+        At batch granularity it depends on how ``D`` is batched, which follows the split
+        (``loaders.full``: ``D_r``, then ``D_f``), so it is computed once per target. At sample
+        granularity it is a mean over the samples of ``D``, the same for every split, so it is
+        computed once per seed over the training set in dataset order, and kept (with an
+        ``out_dir``) as ``checkpoints/importance-<training id>-<method>-sample-seed<seed>.pt``
+        for the other configs of the same models.
+        """
+        per_seed = spec.granularity == "sample"
+        key = (seed, None if per_seed else str(target), spec.method, spec.granularity)
+        if key in self.importances:
+            return self.importances[key]
+        c = self.config
+        path = None
+        if per_seed and self.ckpt_dir is not None:
+            path = os.path.join(self.ckpt_dir, f"importance-{training_id(c)}-{spec.method}-sample-seed{seed}.pt")
+            if os.path.exists(path):
+                importance, meta = load_importance(path, with_metadata=True)
+                self.importances[key] = (importance, float(meta["seconds"]))
+                return self.importances[key]
+        original, _ = self.original(seed)
+        loader = make_loader(self.eval_data.train, batch_size=c.data.batch_size, **loader_options(c, self.device)) if per_seed else loaders.full
+        t0 = time.perf_counter()
+        importance = compute_importance(original, loader, objective=objective_for(spec.method), granularity=spec.granularity,
+                                        device=self.device, progress=self.progress, autocast_dtype=self.importance_dtype(spec),
+                                        channels_last=uses_channels_last(c, self.device))
+        seconds = time.perf_counter() - t0
+        if path is not None:
+            save_importance(importance, path, metadata={"method": spec.method, "granularity": "sample", "seed": seed,
+                                                        "seconds": seconds})
+        self.importances[key] = (importance, seconds)
+        return self.importances[key]
+
+    def evaluate(self, model: nn.Module, target, loaders: SplitLoaders) -> dict:
+        """:func:`~lfssd_tutorial.request.evaluate_request`'s metrics, and with ``data.validation``
+        those of each half of the test set (:func:`~lfssd_tutorial.request.half_accuracies`)."""
+        metrics = evaluate_request(model, loaders, device=self.device)
+        if self.halves is not None:
+            metrics.update(half_accuracies(model, self.eval_data, self.split(target), self.halves,
+                                           batch_size=loaders.test.batch_size, device=self.device))
+        return metrics
 
     def _meta(self, kind: str, seed: int, target=None) -> dict:
         return {"kind": kind, "experiment": self.config.name, "seed": seed, "target": target, "config": self.config.to_dict()}
@@ -173,14 +229,19 @@ class _Experiment:
         """Run one method row on ``original``; the result and its wall time in seconds.
 
         The retrained model is trained once per seed and target and kept as a checkpoint;
-        its time is the training time recorded in the checkpoint's sidecar.
+        its time is the training time recorded in the checkpoint's sidecar. SSD/LFSSD rows
+        share their ``Imp_D`` (:meth:`full_importance`); their time includes that pass's.
         """
         if spec.method == "retrain":
             model, info = self.retrained(seed, target)
             return MethodResult(model), info.get("wall_seconds")
+        options = self.options(spec, method_seed)
+        shared = 0.0
+        if spec.dampening:
+            options.full_importance, shared = self.full_importance(spec, seed, target, loaders)
         t0 = time.perf_counter()
-        result = run_method(spec.method, original, loaders, self.options(spec, method_seed))
-        return result, time.perf_counter() - t0
+        result = run_method(spec.method, original, loaders, options)
+        return result, time.perf_counter() - t0 + shared
 
 
 @dataclass
@@ -253,12 +314,15 @@ def forget_request(config: ExperimentConfig, *, seed: int | None = None, target=
                          device=device, experiment=experiment)
 
 
-def _dampening_fields(spec: MethodSpec, alpha: float, report: DampeningReport) -> dict:
-    return {
+def _dampening_fields(spec: MethodSpec, alpha: float | str, report: DampeningReport) -> dict:
+    fields = {
         "alpha": alpha, "lambda": spec.lambda_, "granularity": spec.granularity,
         "selected": int(report.total_selected), "fraction_selected": float(report.fraction_selected),
         "max_ratio": float(report.max_ratio) if math.isfinite(report.max_ratio) else None,
     }
+    if report.calibration is not None:  # alpha "auto": the alpha chosen, and the calibration's warning
+        fields.update(alpha=report.calibration.alpha, alpha_rule="auto", calibration_warning=report.calibration.warning)
+    return fields
 
 
 def run_train(config: ExperimentConfig, *, out_dir: str, device=None, progress: bool = False, seeds: Sequence[int] | None = None,
@@ -317,7 +381,7 @@ def run_forget(
                     "key": key, "experiment": config.name, "dataset": config.data.dataset, "model": config.model.name,
                     "scenario": config.scenario.kind, "target": str(target), "method": spec.method, "label": label,
                     "seed": seed, "n_forget": int(len(split.forget)), "n_retain": int(len(split.retain)),
-                    **evaluate_request(result.model, loaders, device=device),
+                    **experiment.evaluate(result.model, target, loaders),
                 }
                 if result.report is not None:
                     record.update(_dampening_fields(spec, config.alpha_of(spec), result.report))
@@ -368,8 +432,12 @@ def run_sweep(
                                                    progress=progress) for loader in (loaders.full, loaders.forget))
 
         def evaluate(model: nn.Module) -> dict[str, float]:
-            return {"acc_retain": evaluate_accuracy(model, loaders.test_retain, device=device),
-                    "acc_forget": evaluate_accuracy(model, loaders.test_forget, device=device)}
+            metrics = {"acc_retain": evaluate_accuracy(model, loaders.test_retain, device=device),
+                       "acc_forget": evaluate_accuracy(model, loaders.test_forget, device=device)}
+            if experiment.halves is not None:
+                metrics.update(half_accuracies(model, experiment.eval_data, experiment.split(target), experiment.halves,
+                                               batch_size=loaders.test.batch_size, device=device))
+            return metrics
 
         def record(alpha: float, lambda_: float, metrics, report: DampeningReport) -> None:
             append_record(path, {

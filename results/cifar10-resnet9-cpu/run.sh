@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Well-trained CIFAR-10 models on a 2-core CPU: full-class (automobile, cat) and random (83 samples)
+# forgetting, 3 training seeds, every method, and alpha x lambda sweeps for choosing them on the
+# validation half of the test set.
+# Usage: results/cifar10-resnet9-cpu/run.sh DATA_ROOT [all|train|forget] [a|b|both]
+#   DATA_ROOT is CIFAR-10 as an ImageFolder tree of JPEGs: DATA_ROOT/{train,test}/<class>/*.jpg
+# Run from the repository root. Scale: configs/cifar10_cpu_resnet9_*.yaml (all 50,000 training
+# images, ResNet-9 width 16, 8 epochs). Two workers (a, b) with one torch thread each (the machine
+# has two cores) share the trainings and then the cells; each worker's cells need only models it
+# trained itself, or (worker b's random-forgetting cells of seed 0) one that worker a trains early.
+# The trained models are checkpoints under OUT/checkpoints (not committed; their JSON sidecars,
+# with wall time and accuracies, are); every finished cell is appended to OUT/results.jsonl under
+# a file lock, and any phase can be rerun to resume.
+set -euo pipefail
+DATA_ROOT=${1:?usage: $0 DATA_ROOT [all|train|forget] [a|b|both]}
+PHASE=${2:-all}
+WHO=${3:-both}
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-results/cifar10-resnet9-cpu}
+FULL=configs/cifar10_cpu_resnet9_full_class.yaml
+RAND=configs/cifar10_cpu_resnet9_random.yaml
+COMMON=(--data-root "$DATA_ROOT" --out $OUT --threads 1 --no-progress)
+ALPHAS=(1.5 2 3 5 7 10)
+LAMBDAS=(0.5 1)
+export OMP_WAIT_POLICY=PASSIVE
+run() { echo "== $(date -u +%FT%TZ) $*"; $PY -m lfssd_tutorial "$@" "${COMMON[@]}"; }
+sweeps() {  # sweeps CONFIG SEED TARGET...: SSD and LFSSD alpha x lambda grids
+  local cfg=$1 seed=$2; shift 2
+  for target in "$@"; do
+    for method in ssd lfssd; do
+      run sweep --config "$cfg" --seed "$seed" --target "$target" --method $method --alphas "${ALPHAS[@]}" --lambdas "${LAMBDAS[@]}"
+    done
+  done
+}
+RANDOM_TARGET=random-n83-s0
+
+train_a() {
+  run train --config $FULL --no-retrain --seeds 0 2
+  run train --config $FULL --seeds 0
+  run train --config $RAND --seeds 0
+  run train --config $FULL --seeds 2
+}
+train_b() {
+  run train --config $FULL --seeds 1
+  run train --config $RAND --seeds 1
+  run train --config $RAND --seeds 2
+}
+forget_a() {
+  run forget --config $FULL --seeds 0
+  run forget --config $FULL --seeds 2
+  sweeps $FULL 2 automobile cat
+}
+forget_b() {
+  run forget --config $FULL --seeds 1
+  run forget --config $RAND --seeds 1 2 0
+  sweeps $FULL 1 automobile cat
+  sweeps $FULL 0 automobile cat
+  for seed in 0 1 2; do sweeps $RAND $seed $RANDOM_TARGET; done
+}
+worker() {  # worker a|b: its trainings, then its cells and sweeps
+  local w=$1
+  if [ "$PHASE" != forget ]; then "train_$w"; fi
+  if [ "$PHASE" != train ]; then "forget_$w"; fi
+}
+mkdir -p $OUT/logs
+if [ "$WHO" != b ]; then worker a >> $OUT/logs/worker-a.log 2>&1 & fi
+if [ "$WHO" != a ]; then worker b >> $OUT/logs/worker-b.log 2>&1 & fi
+wait
+if [ "$PHASE" != train ] && [ "$WHO" = both ]; then $PY -m lfssd_tutorial report $OUT; fi
