@@ -2,7 +2,7 @@
 
 The public API::
 
-    compute_importance(model, loader, objective="l2" | "fisher", granularity="batch" | "sample")
+    compute_importance(model, loader, objective="l2" | "fisher" | "true_fisher", granularity="batch" | "sample")
     select_and_dampen_(model, full_importance, forget_importance, alpha=..., lambda_=...)
     unlearn(model, forget_loader, method="lfssd" | "ssd", full_loader=... | full_importance=...)
     calibrate_alpha(model, full_importance, forget_importance, forget_loader, retain_loader)  # alpha without labels

@@ -123,7 +123,7 @@ def _sweep(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m lfssd_tutorial sweep", description="Acc(D_r) and Acc(D_f) over an alpha x lambda grid, with a heatmap.")
     _common(parser)
-    parser.add_argument("--method", choices=("ssd", "lfssd"), default="lfssd")
+    parser.add_argument("--method", choices=("ssd", "lfssd", "ssd_true_fisher"), default="lfssd")
     parser.add_argument("--granularity", choices=("batch", "sample"), default="batch")
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.5, 2, 3, 5, 7, 10])
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 1, 2])

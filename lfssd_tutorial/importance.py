@@ -4,11 +4,17 @@ An *importance* is a ``dict`` shaped like ``model.named_parameters()``: one
 non-negative float32 tensor per trainable parameter, holding one number per
 parameter element.
 
-Two objectives:
+Three objectives:
 
 ``"fisher"`` (SSD)
     The diagonal of the empirical Fisher information: the squared gradient of the
     cross-entropy with the data's own labels.
+``"true_fisher"``
+    The diagonal of the (true) Fisher information: the squared gradient of the
+    cross-entropy with labels drawn from the model's own prediction, in expectation over
+    those labels. It needs no labels. ``label_samples=None`` computes the expectation
+    exactly (one backward pass per class and sample); ``label_samples=k`` draws ``k``
+    labels per input from the model's softmax with a generator seeded by ``seed``.
 ``"l2"`` (LFSSD, MAS)
     The absolute gradient of the squared l2 norm of the model's output (the logits),
     ``||f(x)||_2^2``. It needs no labels.
@@ -24,6 +30,11 @@ Two granularities:
     estimator, independent of batching. Per-sample gradients come from
     :func:`torch.func.vmap` over :func:`torch.func.grad`, in chunks of
     ``sample_chunk_size`` samples to bound memory.
+
+For the true Fisher at batch granularity the exact expectation has a closed form: the
+scores of different samples are independent with mean zero, so the expected square of a
+batch of ``B`` samples' mean score is ``(1/B^2)`` times the sum of their own Fishers. The
+exact batch estimator is therefore a weighted per-sample one.
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ __all__ = [
     "load_importance",
 ]
 
-OBJECTIVES = ("l2", "fisher")
+OBJECTIVES = ("l2", "fisher", "true_fisher")
 GRANULARITIES = ("batch", "sample")
 
 _FORMAT = "lfssd-importance"
@@ -102,32 +113,33 @@ def batch_objective(logits: torch.Tensor, labels: torch.Tensor | None, objective
     """The scalar whose gradient the batch estimator squares (``"fisher"``) or takes the
     absolute value of (``"l2"``): the reference code's objective, a mean over the batch.
 
-    ``"fisher"``: the cross-entropy of ``logits`` with ``labels``; ``"l2"``: the squared l2
-    norm of each sample's logits, ``||f(x)||_2^2``, averaged over the batch (no labels).
+    ``"fisher"`` (and ``"true_fisher"``, with labels drawn from the model): the cross-entropy of
+    ``logits`` with ``labels``; ``"l2"``: the squared l2 norm of each sample's logits,
+    ``||f(x)||_2^2``, averaged over the batch (no labels).
     """
-    if objective == "fisher":
+    if objective in ("fisher", "true_fisher"):
         return F.cross_entropy(logits, labels)
     return logits.pow(2).sum(dim=1).mean()
 
 
-def accumulate_(acc: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], objective: str) -> None:
-    """Add one batch's gradients to the float32 accumulators, in place: ``acc += g**2``
-    (``"fisher"``) or ``acc += |g|`` (``"l2"``), fused over all parameters.
+def accumulate_(acc: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], objective: str, weight: float = 1.0) -> None:
+    """Add one batch's gradients to the float32 accumulators, in place: ``acc += weight * g**2``
+    (``"fisher"``, ``"true_fisher"``) or ``acc += |g|`` (``"l2"``), fused over all parameters.
 
     ``grads`` are fresh tensors owned by the caller (the absolute value is taken in place,
     so they are overwritten); ``None`` entries (parameters the objective does not reach)
-    are skipped.
+    are skipped. ``weight`` averages several label draws of the true Fisher.
     """
     used = [(a, g) for a, g in zip(acc, grads) if g is not None]
     if not used:
         return
     a_list = [a for a, _ in used]
     g_list = [g if g.dtype == torch.float32 else g.float() for _, g in used]
-    if objective == "fisher":
-        torch._foreach_addcmul_(a_list, g_list, g_list)
-    else:
+    if objective == "l2":
         torch._foreach_abs_(g_list)
         torch._foreach_add_(a_list, g_list)
+    else:
+        torch._foreach_addcmul_(a_list, g_list, g_list, value=weight)
 
 
 class _EvalMode:
@@ -158,6 +170,8 @@ def compute_importance(
     sample_chunk_size: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    label_samples: int | None = None,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Estimate one importance value per parameter element over the data in ``loader``.
 
@@ -167,17 +181,21 @@ def compute_importance(
             afterwards. Parameters, buffers and existing ``.grad`` fields are untouched.
         loader: any iterable of batches (a ``DataLoader``, a list, a generator). A batch
             is a tensor of inputs, or a tuple/list ``(inputs, ..., labels)``.
-        objective: ``"l2"`` for LFSSD's label-free sensitivity of ``||f(x)||_2^2``, or
-            ``"fisher"`` for SSD's diagonal empirical Fisher information (needs labels).
+        objective: ``"l2"`` for LFSSD's label-free sensitivity of ``||f(x)||_2^2``,
+            ``"fisher"`` for SSD's diagonal empirical Fisher information (needs labels), or
+            ``"true_fisher"`` for the diagonal true Fisher information (labels from the
+            model; the batches' own labels, if any, are ignored).
         granularity: ``"batch"`` reproduces the authors' estimator (square/abs of the
             batch-mean gradient, averaged over batches); ``"sample"`` squares (abs) each
             sample's own gradient and averages over samples.
         device: where to compute; defaults to the device of the model's parameters.
             The model must already live there.
         progress: show a progress bar over batches.
-        sample_chunk_size: with ``granularity="sample"``, how many per-sample gradients
-            are materialised at once (memory is about ``chunk x #parameters`` floats).
-            ``None`` (default): :func:`default_sample_chunk_size`.
+        sample_chunk_size: with ``granularity="sample"`` (and the exact true Fisher), how
+            many per-sample gradients are materialised at once (memory is about
+            ``chunk x #parameters`` floats; the exact true Fisher divides the chunk by the
+            number of classes, one gradient per class). ``None`` (default):
+            :func:`default_sample_chunk_size`.
         autocast_dtype: ``None`` (default) computes in full float32. A low-precision
             dtype such as ``torch.bfloat16`` runs the forward pass (and so the backward's
             matrix products) under :func:`torch.autocast`; the importances are still
@@ -188,6 +206,12 @@ def compute_importance(
             than 8 input channels, whose CPU kernels corrupt memory (oneDNN issue #6035).
             Pair it with ``model.to(memory_format=torch.channels_last)``; the values are
             the same up to float rounding.
+        label_samples: ``"true_fisher"`` only. ``None`` (default): the exact expectation
+            over the model's predicted distribution (one backward pass per class and
+            sample, at either granularity). ``k``: ``k`` labels drawn per input from the
+            model's softmax, each draw's squared gradient weighted ``1/k`` (``k`` backward
+            passes per batch, or per sample).
+        seed: seeds the label draws of ``label_samples``.
 
     Returns:
         ``{parameter name: float32 tensor shaped like the parameter}`` for every parameter
@@ -200,18 +224,25 @@ def compute_importance(
     """
     check_choice("objective", objective, OBJECTIVES)
     check_choice("granularity", granularity, GRANULARITIES)
+    if label_samples is not None:
+        if objective != "true_fisher":
+            raise ValueError(f'label_samples applies to objective="true_fisher" only, not {objective!r}')
+        if isinstance(label_samples, bool) or not isinstance(label_samples, int) or label_samples < 1:
+            raise ValueError(f"label_samples must be None (exact) or an int >= 1, got {label_samples!r}")
     if sample_chunk_size is not None and (isinstance(sample_chunk_size, bool) or not isinstance(sample_chunk_size, int)
                                           or sample_chunk_size < 1):
         raise ValueError(f"sample_chunk_size must be None or an int >= 1, got {sample_chunk_size!r}")
     if autocast_dtype is not None and not (isinstance(autocast_dtype, torch.dtype) and autocast_dtype.is_floating_point):
         raise ValueError(f"autocast_dtype must be None or a floating torch.dtype such as torch.bfloat16, got {autocast_dtype!r}")
-    if autocast_dtype is not None and granularity == "sample":
+    if autocast_dtype is not None and (granularity == "sample" or (objective == "true_fisher" and label_samples is None)):
         # torch.func's vmap does not compose with autocast for every layer (BatchNorm
         # receives mixed dtypes); per-sample importances stay in float32.
-        raise ValueError('autocast_dtype is supported with granularity="batch" only')
+        raise ValueError('autocast_dtype is supported with granularity="batch" only (and not for the exact true Fisher)')
     device = resolve_device(device, model)
     params = trainable_parameters(model)
-    if granularity == "sample" and sample_chunk_size is None:
+    draws = None if label_samples is None else torch.Generator(device=device).manual_seed(seed)
+    exact_true_fisher = objective == "true_fisher" and label_samples is None
+    if (granularity == "sample" or exact_true_fisher) and sample_chunk_size is None:
         sample_chunk_size = default_sample_chunk_size(params.values(), device)
     need_labels = objective == "fisher"
     if channels_last and device.type == "cpu":
@@ -219,13 +250,15 @@ def compute_importance(
     prepare = _input_preparer(device, channels_last)
 
     with _EvalMode(model):
-        if granularity == "batch":
+        if granularity == "batch" and not exact_true_fisher:
             acc, count = _batch_importance(
-                model, params, loader, objective, need_labels, prepare, device, autocast_dtype, progress
+                model, params, loader, objective, need_labels, prepare, device, autocast_dtype, progress,
+                label_samples, draws,
             )
-        else:
+        else:  # per sample; the exact batch true Fisher weights each sample by 1/B^2 (module docstring)
             acc, count = _sample_importance(
-                model, params, loader, objective, need_labels, prepare, progress, sample_chunk_size
+                model, params, loader, objective, need_labels, prepare, progress, sample_chunk_size,
+                label_samples, draws, per_batch=granularity == "batch",
             )
     if count == 0:
         raise ValueError("the loader yielded no data: cannot estimate importance over an empty set")
@@ -292,7 +325,14 @@ def _input_preparer(device: torch.device, channels_last: bool):
     return prepare
 
 
-def _batch_importance(model, params, loader, objective, need_labels, prepare, device, autocast_dtype, progress):
+def _draw_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per row of ``logits``, drawn from its softmax with ``generator``."""
+    probs = torch.softmax(logits.detach().float(), dim=1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _batch_importance(model, params, loader, objective, need_labels, prepare, device, autocast_dtype, progress,
+                      label_samples, draws):
     tensors = list(params.values())
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     n_batches = 0
@@ -304,7 +344,18 @@ def _batch_importance(model, params, loader, objective, need_labels, prepare, de
         with autocast(device, autocast_dtype):
             logits = model(inputs)
         # The objective is always evaluated in float32 (autocast only covers the model).
-        loss = batch_objective(logits.float(), labels, objective)
+        logits = logits.float()
+        if objective == "true_fisher":  # k label draws from the model, each weighted 1/k
+            for draw in range(label_samples):
+                loss = batch_objective(logits, _draw_labels(logits, draws), objective)
+                grads = torch.autograd.grad(loss, tensors, allow_unused=True, retain_graph=draw < label_samples - 1)
+                del loss
+                accumulate_(acc, grads, objective, weight=1.0 / label_samples)
+                del grads
+            del logits
+            n_batches += 1
+            continue
+        loss = batch_objective(logits, labels, objective)
         del logits
         # autograd.grad returns fresh tensors and never touches p.grad.
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
@@ -317,8 +368,14 @@ def _batch_importance(model, params, loader, objective, need_labels, prepare, de
     return acc, n_batches
 
 
-def _sample_importance(model, params, loader, objective, need_labels, prepare, progress, chunk):
-    from torch.func import functional_call, grad, vmap
+def _sample_importance(model, params, loader, objective, need_labels, prepare, progress, chunk, label_samples=None,
+                       draws=None, per_batch=False):
+    """Per-sample importances, summed; returns them with the count to divide by.
+
+    With ``per_batch`` (the exact true Fisher at batch granularity) each sample of a batch
+    of ``B`` is weighted ``1/B^2`` and the count is the number of batches.
+    """
+    from torch.func import functional_call, grad, jacrev, vmap
 
     names = list(params.keys())
     detached = {n: p.detach() for n, p in params.items()}
@@ -326,42 +383,70 @@ def _sample_importance(model, params, loader, objective, need_labels, prepare, p
     buffers = {n: b.detach() for n, b in model.named_buffers()}
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in detached.values()]
 
+    def logits_of(trainable, x):
+        return functional_call(model, ({**trainable, **frozen}, buffers), (x.unsqueeze(0),))
+
     def per_sample_objective(trainable, x, y):
-        out = functional_call(model, ({**trainable, **frozen}, buffers), (x.unsqueeze(0),))
-        if objective == "fisher":
+        out = logits_of(trainable, x)
+        if y is not None:
             return F.cross_entropy(out, y.unsqueeze(0))
         return out.pow(2).sum()
 
-    if objective == "fisher":
+    def log_probs(trainable, x):  # the exact true Fisher: every class's log-probability, and the probabilities
+        logp = torch.log_softmax(logits_of(trainable, x).float(), dim=1)[0]
+        return logp, logp.detach().exp()
+
+    exact = objective == "true_fisher" and label_samples is None
+    if exact:
+        grad_fn = vmap(jacrev(log_probs, has_aux=True), in_dims=(None, 0), randomness="same")
+    elif objective in ("fisher", "true_fisher"):
         grad_fn = vmap(grad(per_sample_objective), in_dims=(None, 0, 0), randomness="same")
     else:
-        grad_fn = vmap(
-            grad(lambda t, x: per_sample_objective(t, x, None)), in_dims=(None, 0), randomness="same"
-        )
+        grad_fn = vmap(grad(lambda t, x: per_sample_objective(t, x, None)), in_dims=(None, 0), randomness="same")
 
-    n_samples = 0
+    def add(grads: dict, weight: float) -> None:
+        # fresh per-sample gradients (chunk x parameter): square / abs them in place (fused
+        # over all parameters), so no second chunk-sized temporary is allocated, then add
+        # their sums over the chunk.
+        gs = [grads[name].float() for name in names]
+        grads.clear()
+        if objective == "l2":
+            torch._foreach_abs_(gs)
+        else:
+            torch._foreach_mul_(gs, gs)
+        torch._foreach_add_(acc, [gi.sum(0) for gi in gs], alpha=weight)
+
+    count = 0
     for batch in progress_bar(loader, progress, f"importance ({objective}, sample)"):
         inputs, labels = split_batch(batch, need_labels=need_labels)
+        if inputs.shape[0] == 0:
+            continue
         inputs, labels = prepare(inputs, labels)
+        if exact and count == 0:  # one gradient per class and sample: a chunk of as many gradients
+            with torch.no_grad():
+                chunk = max(1, chunk // logits_of(detached, inputs[0]).shape[1])
+        weight = 1.0 / inputs.shape[0] ** 2 if per_batch else 1.0
         for start in range(0, inputs.shape[0], chunk):
             x = inputs[start : start + chunk]
-            if objective == "fisher":
-                g = grad_fn(detached, x, labels[start : start + chunk])
+            if exact:
+                # d log p_c / d theta for every class c (chunk x classes x parameter), weighted
+                # by sqrt(p_c) so that the squares sum to sum_c p_c (d log p_c)^2
+                jac, probs = grad_fn(detached, x)
+                root = probs.sqrt()
+                add({n: (g * root.view(*root.shape, *([1] * (g.dim() - 2)))).flatten(0, 1) for n, g in jac.items()}, weight)
+                del jac
+                continue
+            if objective == "true_fisher":
+                with torch.no_grad():
+                    logits = torch.cat([logits_of(detached, xi) for xi in x])
+                for _ in range(label_samples):
+                    add(grad_fn(detached, x, _draw_labels(logits, draws)), weight / label_samples)
+            elif objective == "fisher":
+                add(grad_fn(detached, x, labels[start : start + chunk]), weight)
             else:
-                g = grad_fn(detached, x)
-            # g holds fresh per-sample gradients (chunk x parameter): square / abs them in
-            # place (fused over all parameters), so no second chunk-sized temporary is
-            # allocated, then add their sums over the chunk.
-            gs = [g[name].float() for name in names]
-            del g
-            if objective == "fisher":
-                torch._foreach_mul_(gs, gs)
-            else:
-                torch._foreach_abs_(gs)
-            torch._foreach_add_(acc, [gi.sum(0) for gi in gs])
-            del gs
-            n_samples += x.shape[0]
-    return acc, n_samples
+                add(grad_fn(detached, x), weight)
+        count += 1 if per_batch else inputs.shape[0]
+    return acc, count
 
 
 def save_importance(

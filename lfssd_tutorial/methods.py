@@ -18,7 +18,7 @@ from .options import MethodOptions, MethodResult
 from .request import SplitLoaders, retain_sample
 from .unlearn import unlearn
 
-__all__ = ["Method", "METHODS", "ssd", "lfssd", "run_method"]
+__all__ = ["Method", "METHODS", "ssd", "lfssd", "ssd_true_fisher", "run_method"]
 
 #: The signature every unlearning method shares.
 Method = Callable[[nn.Module, SplitLoaders, MethodOptions], MethodResult]
@@ -42,6 +42,8 @@ def _dampen(method: str, model: nn.Module, loaders: SplitLoaders, options: Metho
         autocast_dtype=options.autocast_dtype,
         channels_last=options.channels_last,
         retain_loader=retain_sample(loaders, options.calibration_sample, seed=options.seed) if auto else None,
+        label_samples=options.label_samples,
+        seed=options.seed,
         warn=False,
     )
     return MethodResult(model, report)
@@ -67,6 +69,14 @@ def lfssd(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> Me
     return _dampen("lfssd", model, loaders, options)
 
 
+def ssd_true_fisher(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> MethodResult:
+    """SSD on the true Fisher: labels drawn from the model instead of the data's, so no labels
+    are needed. ``options.label_samples`` ``None`` computes the expectation over classes
+    exactly; ``k`` draws ``k`` labels per input (seeded with ``options.seed``). Otherwise as :func:`ssd`.
+    """
+    return _dampen("ssd_true_fisher", model, loaders, options)
+
+
 #: Method name -> function, for every method the experiments can run.
 METHODS: dict[str, Method] = {
     "original": baselines.original,
@@ -78,6 +88,7 @@ METHODS: dict[str, Method] = {
     "unsir": baselines.unsir,
     "ssd": ssd,
     "lfssd": lfssd,
+    "ssd_true_fisher": ssd_true_fisher,
 }
 
 

@@ -97,6 +97,9 @@ class MethodOptions:
         alpha: SSD/LFSSD's selection weighting (required by them, unused by the baselines),
             or ``"auto"``: chosen per request without labels by
             :func:`~lfssd_tutorial.calibrate_alpha`, on ``calibration_sample`` retained inputs.
+        calibration_sample: how many retained inputs ``alpha="auto"`` calibrates on.
+        label_samples: the true Fisher's label draws per input (``None``: exact), for
+            ``ssd_true_fisher``.
         lambda_: SSD/LFSSD's dampening constant.
         granularity: SSD/LFSSD's importance granularity, ``"batch"`` or ``"sample"``.
         full_importance: a precomputed ``Imp_D`` for SSD/LFSSD (else computed on ``loaders.full``).
@@ -113,6 +116,7 @@ class MethodOptions:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     alpha: float | str | None = None
     calibration_sample: int = 256
+    label_samples: int | None = None
     lambda_: float = 1.0
     granularity: str = "batch"
     full_importance: Mapping[str, torch.Tensor] | None = None

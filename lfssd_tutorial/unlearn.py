@@ -16,12 +16,14 @@ from .importance import GRANULARITIES, compute_importance
 
 __all__ = ["DAMPENING_METHODS", "objective_for", "unlearn", "unlearning"]
 
-#: Dampening method -> importance objective.
-DAMPENING_METHODS = {"lfssd": "l2", "ssd": "fisher"}
+#: Dampening method -> importance objective. ``"ssd_true_fisher"`` is SSD's selection and
+#: dampening on the true Fisher (labels drawn from the model), so it needs no labels.
+DAMPENING_METHODS = {"lfssd": "l2", "ssd": "fisher", "ssd_true_fisher": "true_fisher"}
 
 
 def objective_for(method: str) -> str:
-    """The importance objective of an unlearning method: ``"lfssd" -> "l2"``, ``"ssd" -> "fisher"``."""
+    """The importance objective of an unlearning method: ``"lfssd" -> "l2"``, ``"ssd" -> "fisher"``,
+    ``"ssd_true_fisher" -> "true_fisher"``."""
     check_choice("method", method, DAMPENING_METHODS)
     return DAMPENING_METHODS[method]
 
@@ -42,6 +44,8 @@ def unlearn(
     progress: bool = False,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    label_samples: int | None = None,
+    seed: int = 0,
     warn: bool = True,
 ) -> tuple[nn.Module, DampeningReport]:
     """Forget the data in ``forget_loader`` with LFSSD (default) or SSD.
@@ -50,7 +54,9 @@ def unlearn(
         model: the trained network.
         forget_loader: batches of the forget set ``D_f``. For ``"lfssd"`` bare input
             tensors suffice; ``"ssd"`` needs ``(inputs, labels)``.
-        method: ``"lfssd"`` (label-free l2 sensitivity) or ``"ssd"`` (Fisher diagonal).
+        method: ``"lfssd"`` (label-free l2 sensitivity), ``"ssd"`` (empirical Fisher
+            diagonal, needs labels) or ``"ssd_true_fisher"`` (true Fisher diagonal, labels
+            drawn from the model: label-free).
         full_loader: batches of the full training set ``D`` (which contains ``D_f``),
             used to compute ``Imp_D``. Give this *or* ``full_importance``.
         full_importance: a precomputed ``Imp_D`` (same method and granularity), e.g. from
@@ -71,6 +77,9 @@ def unlearn(
         progress: show progress bars.
         autocast_dtype, channels_last: passed to
             :func:`~lfssd_tutorial.compute_importance` (default: full float32).
+        label_samples, seed: ``"ssd_true_fisher"`` only: ``None`` computes the true Fisher's
+            expectation over classes exactly; ``k`` draws ``k`` labels per input from the
+            model, seeded with ``seed`` (see :func:`~lfssd_tutorial.compute_importance`).
         warn: emit :class:`~lfssd_tutorial.NothingSelectedWarning` when nothing is selected
             (and, with ``alpha="auto"``, :class:`~lfssd_tutorial.CalibrationWarning` when the
             calibration finds no good alpha).
@@ -97,6 +106,10 @@ def unlearn(
     target = model if inplace else copy.deepcopy(model)
     options = dict(objective=objective, granularity=granularity, device=device, progress=progress,
                    autocast_dtype=autocast_dtype, channels_last=channels_last)
+    if objective == "true_fisher":
+        options.update(label_samples=label_samples, seed=seed)
+    elif label_samples is not None:
+        raise ValueError(f'label_samples applies to method="ssd_true_fisher" only, not {method!r}')
     if full_importance is None:
         full_importance = compute_importance(target, full_loader, **options)
     forget_importance = compute_importance(target, forget_loader, **options)

@@ -133,4 +133,5 @@ def test_run_method_names_the_choices(setup):
     model, loaders, _, _ = setup
     with pytest.raises(ValueError, match="'unsir'"):
         run_method("nope", model, loaders, MethodOptions())
-    assert set(METHODS) == {"original", "retrain", "retrain_head", "finetune", "bad_teacher", "amnesiac", "unsir", "ssd", "lfssd"}
+    assert set(METHODS) == {"original", "retrain", "retrain_head", "finetune", "bad_teacher", "amnesiac", "unsir", "ssd", "lfssd",
+                            "ssd_true_fisher"}

@@ -109,5 +109,5 @@ def test_warn_false_is_silent_and_the_method_table(setting):
         warnings.simplefilter("error")
         _, report = unlearn(model, forget, full_loader=full, alpha=1e6, warn=False)
     assert report.nothing_selected
-    assert DAMPENING_METHODS == {"lfssd": "l2", "ssd": "fisher"}
-    assert [objective_for(m) for m in DAMPENING_METHODS] == ["l2", "fisher"]
+    assert DAMPENING_METHODS == {"lfssd": "l2", "ssd": "fisher", "ssd_true_fisher": "true_fisher"}
+    assert [objective_for(m) for m in DAMPENING_METHODS] == ["l2", "fisher", "true_fisher"]

@@ -49,7 +49,8 @@ __all__ = [
 DATASETS = ("digits", "digits-super", "cifar10", "cifar100", "cifar20", "imagefolder")
 MODELS = ("small_cnn", "resnet18", "resnet9", "small_vit", "vit_b_16")
 SCENARIOS = ("full_class", "sub_class", "random")
-METHOD_NAMES = ("original", "retrain", "retrain_head", "finetune", "bad_teacher", "amnesiac", "unsir", "ssd", "lfssd")
+METHOD_NAMES = ("original", "retrain", "retrain_head", "finetune", "bad_teacher", "amnesiac", "unsir", "ssd", "lfssd",
+                "ssd_true_fisher")
 _DISPLAY = {
     "original": "Original",
     "retrain": "Retrain",
@@ -60,6 +61,7 @@ _DISPLAY = {
     "unsir": "UNSIR",
     "ssd": "SSD",
     "lfssd": "LFSSD",
+    "ssd_true_fisher": "SSD-true-Fisher",
 }
 
 
@@ -192,6 +194,7 @@ class MethodSpec:
     granularity: str = "batch"
     label: str | None = None
     calibration_sample: int = 256
+    label_samples: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.method in METHOD_NAMES, "method", f"unknown method {self.method!r}; choose one of {', '.join(METHOD_NAMES)}")
@@ -201,6 +204,8 @@ class MethodSpec:
         else:
             _require(self.alpha is None or self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
         _require(self.calibration_sample >= 1, "calibration_sample", f"must be >= 1, got {self.calibration_sample}")
+        _require(self.label_samples is None or (self.method == "ssd_true_fisher" and self.label_samples >= 1), "label_samples",
+                 f"only ssd_true_fisher draws labels, and at least one per input; got {self.label_samples!r} for {self.method!r}")
         _require(self.lambda_ >= 0, "lambda", f"must be >= 0, got {self.lambda_}")
         _require(self.dampening or (self.alpha is None and self.granularity == "batch"), "alpha",
                  f"only ssd and lfssd take alpha/lambda/granularity, not {self.method!r}")
@@ -208,7 +213,7 @@ class MethodSpec:
     @property
     def dampening(self) -> bool:
         """Whether the method is SSD or LFSSD."""
-        return self.method in ("ssd", "lfssd")
+        return self.method in ("ssd", "lfssd", "ssd_true_fisher")
 
 
 @dataclass
@@ -255,7 +260,7 @@ def default_alpha(method: str, model: str, scenario: str, dataset: str = "") -> 
     values: with batch importances alpha can exceed the largest ratio Imp_Df/Imp_D and
     select nothing, which the results record (``selected``, ``max_ratio``).
     """
-    if method == "ssd":
+    if method in ("ssd", "ssd_true_fisher"):  # the papers publish none for the true Fisher: SSD's
         if "vit" in model:
             return {"full_class": 5.0, "sub_class": 25.0, "random": 10.0}[scenario]
         return 10.0
@@ -279,6 +284,8 @@ def method_label(spec: MethodSpec, config: ExperimentConfig | None = None) -> st
     extra = "alpha=default" if alpha is None else f"alpha={alpha}" if isinstance(alpha, str) else f"alpha={alpha:g}"
     if spec.lambda_ != 1.0:
         extra += f", lambda={spec.lambda_:g}"
+    if spec.label_samples is not None:
+        extra += ", sampled labels" if spec.label_samples == 1 else f", {spec.label_samples} sampled labels"
     return f"{name} ({extra})"
 
 

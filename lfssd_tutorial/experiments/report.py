@@ -144,7 +144,7 @@ def plot_summary(rows: Sequence[Mapping], out_dir: str) -> list[str]:
         fig, axes = plt.subplots(1, 3, figsize=(BOOK_WIDTH, 1.3 + 0.24 * len(block)), sharey=True)
         y = np.arange(len(block))
         retrain = next((r for r in block if r["method"] == "retrain"), None)
-        colors = ["tab:gray" if r["method"] in ("original", "retrain") else ("tab:blue" if r["method"] in ("ssd", "lfssd") else "tab:orange") for r in block]
+        colors = ["tab:gray" if r["method"] in ("original", "retrain") else ("tab:blue" if r["method"] in ("ssd", "ssd_true_fisher", "lfssd") else "tab:orange") for r in block]
         for ax, (key, title) in zip(axes, METRICS):
             means = [r[f"{key}_mean"] for r in block]
             sds = [r[f"{key}_sd"] for r in block]

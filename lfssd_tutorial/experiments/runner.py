@@ -107,7 +107,8 @@ class _Experiment:
         baselines = c.baseline_config()
         return MethodOptions(
             baselines=baselines, alpha=c.alpha_of(spec) if spec.dampening else None, lambda_=spec.lambda_,
-            calibration_sample=spec.calibration_sample, granularity=spec.granularity, model_factory=self.factory,
+            calibration_sample=spec.calibration_sample, label_samples=spec.label_samples, granularity=spec.granularity,
+            model_factory=self.factory,
             device=self.device, progress=self.progress if progress is None else progress, seed=seed,
             autocast_dtype=self.importance_dtype(spec), channels_last=uses_channels_last(c, self.device),
         )
@@ -129,13 +130,14 @@ class _Experiment:
         for the other configs of the same models.
         """
         per_seed = spec.granularity == "sample"
-        key = (seed, None if per_seed else str(target), spec.method, spec.granularity)
+        key = (seed, None if per_seed else str(target), spec.method, spec.granularity, spec.label_samples)
         if key in self.importances:
             return self.importances[key]
         c = self.config
         path = None
         if per_seed and self.ckpt_dir is not None:
-            path = os.path.join(self.ckpt_dir, f"importance-{training_id(c)}-{spec.method}-sample-seed{seed}.pt")
+            draws = "" if spec.label_samples is None else f"-k{spec.label_samples}"
+            path = os.path.join(self.ckpt_dir, f"importance-{training_id(c)}-{spec.method}{draws}-sample-seed{seed}.pt")
             if os.path.exists(path):
                 importance, meta = load_importance(path, with_metadata=True)
                 self.importances[key] = (importance, float(meta["seconds"]))
@@ -143,9 +145,11 @@ class _Experiment:
         original, _ = self.original(seed)
         loader = make_loader(self.eval_data.train, batch_size=c.data.batch_size, **loader_options(c, self.device)) if per_seed else loaders.full
         t0 = time.perf_counter()
-        importance = compute_importance(original, loader, objective=objective_for(spec.method), granularity=spec.granularity,
+        objective = objective_for(spec.method)
+        draws = {"label_samples": spec.label_samples, "seed": seed} if objective == "true_fisher" else {}
+        importance = compute_importance(original, loader, objective=objective, granularity=spec.granularity,
                                         device=self.device, progress=self.progress, autocast_dtype=self.importance_dtype(spec),
-                                        channels_last=uses_channels_last(c, self.device))
+                                        channels_last=uses_channels_last(c, self.device), **draws)
         seconds = time.perf_counter() - t0
         if path is not None:
             save_importance(importance, path, metadata={"method": spec.method, "granularity": "sample", "seed": seed,
