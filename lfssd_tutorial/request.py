@@ -14,6 +14,7 @@ A whole request with its trained models is an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,9 @@ class SplitLoaders:
             (for random forgetting ``test_forget`` is the forgotten training samples).
         full: ``D`` as the reference code builds it (``D_r`` then ``D_f``, unshuffled),
             for ``Imp_D``.
-        retain_train: ``D_r`` with the training augmentation, shuffled (retraining).
+        retain_train: ``D_r`` with the training augmentation, shuffled (retraining); a
+            ``DataLoader``, or any iterable of batches with a length, such as
+            :class:`~lfssd_tutorial.data.DeviceBatches`.
         forget_labels, retain_labels: the task labels of ``D_f`` and ``D_r`` (numpy), so no
             image is decoded for them.
         num_classes: number of task labels.
@@ -54,7 +57,7 @@ class SplitLoaders:
     test_retain: DataLoader
     test_forget: DataLoader
     full: DataLoader
-    retain_train: DataLoader
+    retain_train: Iterable
     forget_labels: np.ndarray
     retain_labels: np.ndarray
     num_classes: int

@@ -197,3 +197,47 @@ def test_memory_resnet9_run_with_validation_auto_alpha_and_one_imp_d_per_method(
             assert 0.0 <= r[k] <= 100.0
     auto = records[4]
     assert auto["alpha_rule"] == "auto" and isinstance(auto["alpha"], float) and "calibration_warning" in auto
+
+
+# ---------------------------------------------------------------- batches cut on the device
+
+
+def test_device_batches_cover_each_sample_once_and_augment_like_the_dataset(folder):
+    from lfssd_tutorial.data import DeviceBatches
+
+    data = load_image_folder(folder, augment=False, in_memory=True)
+    subset = torch.utils.data.Subset(data.train, list(range(3, 18)))
+    batches = DeviceBatches(subset, batch_size=4, seed=0, augment=False, indices=[0, 2, 4, 6, 8, 10, 12])
+    assert len(batches) == 2
+    seen = torch.cat([y for _, y in batches])
+    assert sorted(seen.tolist()) == sorted(data.train_labels[[3, 5, 7, 9, 11, 13, 15]].tolist())
+    plain = {i: data.train[i][0] for i in (3, 5, 7, 9, 11, 13, 15)}
+    for x, _ in DeviceBatches(subset, batch_size=7, seed=1, augment=False, shuffle=False, indices=[0, 2, 4, 6, 8, 10, 12]):
+        assert all(torch.equal(x[k], plain[i]) for k, i in enumerate((3, 5, 7, 9, 11, 13, 15)))
+    # augmented: every image is a padded crop of its source, possibly flipped
+    raw = ImageTensor(data.train.images, data.train.labels, (0, 0, 0), (1, 1, 1))
+    aug = DeviceBatches(ImageTensor(data.train.images, data.train.labels, (0, 0, 0), (1, 1, 1)), batch_size=64, seed=2,
+                        shuffle=False)
+    (x, _), = list(aug)
+    for i in range(len(x)):
+        padded = torch.nn.functional.pad(raw[i][0], (4, 4, 4, 4))
+        crops = [padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(x[i], c) or torch.equal(x[i], c.flip(-1)) for c in crops)
+    again = [b for b, _ in DeviceBatches(ImageTensor(data.train.images, data.train.labels, (0, 0, 0), (1, 1, 1)),
+                                         batch_size=64, seed=2, shuffle=False)]
+    assert torch.equal(again[0], x)  # seeded
+    with pytest.raises(TypeError, match="ImageTensor"):
+        DeviceBatches(load_digits().train, batch_size=4)
+
+
+def test_runner_trains_from_device_batches(folder, tmp_path):
+    cfg = E.config_from_dict({
+        "name": "t-device", "data": {"dataset": "imagefolder", "root": str(folder), "in_memory": True,
+                                     "device_batches": True, "batch_size": 8},
+        "model": {"name": "resnet9", "width": 2}, "train": {"epochs": 1, "lr": 0.05, "milestones": []},
+        "scenario": {"kind": "full_class", "targets": ["dog"]}, "methods": ["original", "retrain"], "seeds": [0],
+    })
+    records = E.run_forget(cfg, out_dir=str(tmp_path), device="cpu")
+    assert [r["label"] for r in records] == ["Original", "Retrain"]
+    with pytest.raises(E.ConfigError, match="device_batches"):
+        E.config_from_dict({**cfg.to_dict(), "data": {"dataset": "imagefolder", "device_batches": True}})

@@ -13,6 +13,7 @@ from torch.utils.data import Subset
 
 from ..data import (
     DataBundle,
+    DeviceBatches,
     ForgetSplit,
     full_class_split,
     load_cifar10,
@@ -125,9 +126,14 @@ def split_loaders(
     device: torch.device,
     seed: int = 0,
 ) -> SplitLoaders:
-    """:func:`~lfssd_tutorial.request.build_split_loaders` with the config's batch size and loader options."""
-    return build_split_loaders(train_data, eval_data, split, batch_size=config.data.batch_size, seed=seed,
-                               **loader_options(config, device))
+    """:func:`~lfssd_tutorial.request.build_split_loaders` with the config's batch size and loader
+    options; with ``data.device_batches`` the retraining batches are :class:`~lfssd_tutorial.data.DeviceBatches`."""
+    loaders = build_split_loaders(train_data, eval_data, split, batch_size=config.data.batch_size, seed=seed,
+                                  **loader_options(config, device))
+    if config.data.device_batches:
+        loaders.retain_train = DeviceBatches(train_data.train, batch_size=config.data.batch_size, seed=seed,
+                                             indices=split.retain, device=device)
+    return loaders
 
 
 def uses_channels_last(config: ExperimentConfig, device: torch.device) -> bool:

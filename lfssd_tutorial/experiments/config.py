@@ -96,7 +96,10 @@ class DataConfig:
     ``vit_b_16`` and 32 otherwise (resized on the fly). ``num_workers`` defaults to
     ``min(8, cpus)`` on CUDA and 0 on CPU. ``in_memory`` (``imagefolder`` only) decodes
     every image once into memory and augments by crop and flip (see
-    :func:`~lfssd_tutorial.data.load_image_folder`). ``validation`` splits the test set into
+    :func:`~lfssd_tutorial.data.load_image_folder`); ``device_batches`` then cuts and
+    augments the training batches of the original and retrained models on the device, from
+    one copy of the images there (:class:`~lfssd_tutorial.data.DeviceBatches`; for GPUs).
+    ``validation`` splits the test set into
     a validation and a test half (:func:`~lfssd_tutorial.request.validation_test_halves`,
     stratified, fixed by ``subset_seed``): every result then also records Acc(D_r) and
     Acc(D_f) on each half (``val_retain``, ``val_forget``, ``test_retain``, ``test_forget``),
@@ -112,11 +115,13 @@ class DataConfig:
     image_size: int | None = None
     num_workers: int | None = None
     in_memory: bool = False
+    device_batches: bool = False
     validation: bool = False
 
     def __post_init__(self) -> None:
         _require(not self.in_memory or self.dataset == "imagefolder", "in_memory",
                  f"only the imagefolder dataset can be decoded into memory, not {self.dataset!r}")
+        _require(not self.device_batches or self.in_memory, "device_batches", "needs in_memory: true (images decoded into memory)")
         _require(self.dataset in DATASETS, "dataset", f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         for name in ("train_subset", "test_subset"):

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from ..data import DataBundle, ForgetSplit, make_loader
+from ..data import DataBundle, DeviceBatches, ForgetSplit, make_loader
 from ..dampening import DampeningReport
 from ..importance import compute_importance, load_importance, save_importance
 from ..methods import run_method
@@ -192,7 +192,10 @@ class _Experiment:
         def train_fn() -> nn.Module:
             seed_everything(seed)
             model = self.factory()  # the seeded initialisation
-            loader = make_loader(self.train_data.train, batch_size=c.data.batch_size, shuffle=True, seed=seed, **opts)
+            if c.data.device_batches:
+                loader = DeviceBatches(self.train_data.train, batch_size=c.data.batch_size, seed=seed, device=self.device)
+            else:
+                loader = make_loader(self.train_data.train, batch_size=c.data.batch_size, shuffle=True, seed=seed, **opts)
             return train_model(model, loader, c.train, device=self.device, progress=self.progress)
 
         model_info = self._trained(
