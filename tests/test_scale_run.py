@@ -241,3 +241,23 @@ def test_runner_trains_from_device_batches(folder, tmp_path):
     assert [r["label"] for r in records] == ["Original", "Retrain"]
     with pytest.raises(E.ConfigError, match="device_batches"):
         E.config_from_dict({**cfg.to_dict(), "data": {"dataset": "imagefolder", "device_batches": True}})
+
+
+def test_committed_training_sidecars_match_their_configs():
+    """The CPU run's checkpoints are named by training_id: a schema change must not rename them."""
+    import json
+    import os
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "cifar10-resnet9-cpu")
+    sidecars = sorted(os.listdir(os.path.join(root, "trainings")))
+    assert sidecars
+    ids = {runner.training_id(E.load_config(os.path.join(root, "..", "..", "configs", f"cifar10_cpu_resnet9_{kind}.yaml")))
+           for kind in ("full_class", "random")}
+    assert len(ids) == 1
+    for name in sidecars:
+        assert name.split("-")[1] in ids, name
+        with open(os.path.join(root, "trainings", name)) as f:
+            info = json.load(f)
+        assert info["config"]["model"] == {"name": "resnet9", "width": 16, "pretrained": True, "options": {}}
+        if info["kind"] == "original":
+            assert info["test_accuracy"] >= 80.0  # the issue's bar for a well-trained model

@@ -55,7 +55,10 @@ def training_id(config: ExperimentConfig) -> str:
     Checkpoint names carry it, so experiments sharing an output folder share the
     original models exactly when they would train identical ones.
     """
-    data = {k: v for k, v in asdict(config.data).items() if k not in ("root", "num_workers", "validation")}
+    # Where the data live and how the test set is split do not change a trained model; device_batches
+    # does, and is left out when off, so that checkpoints named before it existed keep their names.
+    data = {k: v for k, v in asdict(config.data).items()
+            if k not in ("root", "num_workers", "validation") and not (k == "device_batches" and not v)}
     blob = json.dumps({"data": data, "model": asdict(config.model), "train": asdict(config.train)}, sort_keys=True, default=list)
     return f"{zlib.crc32(blob.encode()):08x}"
 
