@@ -383,6 +383,8 @@ class DeviceBatches:
             yield (x.float() / 255 - self.mean) / self.std, self.labels[idx]
 
     def _crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
+        # ImageTensor's augmentation, for a whole batch at once by advanced indexing. One image
+        # at a time, ImageTensor's plain slice is about 7x faster on the CPU, so both are kept.
         b, c, h, w = x.shape
         p = self.padding
         shifts = torch.randint(0, 2 * p + 1, (b, 2), generator=self.generator).to(self.device)

@@ -420,7 +420,8 @@ def run_sweep(
     """Acc(D_r) and Acc(D_f) on an alpha x lambda grid for one target and seed.
 
     ``target`` defaults to the config's first, ``seed`` to its first training seed. The
-    importances are computed once; :func:`lfssd_tutorial.sweep.sweep_alpha_lambda`
+    importances are computed once (``Imp_D`` as :func:`run_forget` computes it, so a per-sample
+    ``Imp_D`` saved by the forget cells is read, not recomputed); :func:`lfssd_tutorial.sweep.sweep_alpha_lambda`
     dampens a fresh copy of the original model per grid point. Records go to
     ``sweep-<method>-<granularity>-<target>-seed<seed>.jsonl`` as each point finishes
     (points already there are not recomputed) and a heatmap PNG next to it; all the
@@ -437,9 +438,9 @@ def run_sweep(
         experiment = _Experiment(config, out_dir, device, progress)
         original, _ = experiment.original(seed)
         loaders = experiment.loaders(target, cell_seed("sweep", seed, target))
-        objective = objective_for(method)
-        full_imp, forget_imp = (compute_importance(original, loader, objective=objective, granularity=granularity, device=device,
-                                                   progress=progress) for loader in (loaders.full, loaders.forget))
+        full_imp, _ = experiment.full_importance(MethodSpec(method, granularity=granularity), seed, target, loaders)
+        forget_imp = compute_importance(original, loaders.forget, objective=objective_for(method), granularity=granularity,
+                                        device=device, progress=progress)
 
         def evaluate(model: nn.Module) -> dict[str, float]:
             metrics = {"acc_retain": evaluate_accuracy(model, loaders.test_retain, device=device),
