@@ -136,7 +136,7 @@ def test_bibliography_is_rendered(build):
 
 def test_citations_resolve(build):
     """Every chapter that cites links its citations to the bibliography."""
-    link = re.compile(r'<a class="reference internal" href="(10_api_reference\.html)?#id\d+"')
+    link = re.compile(r'<a class="reference internal" href="(11_api_reference\.html)?#id\d+"')
     for entry in toc_files():
         path, _ = page(build, entry)
         nb = notebook_of(entry)
@@ -151,7 +151,7 @@ def test_citations_resolve(build):
 def test_api_reference_documents_the_public_api(build):
     import lfssd_tutorial
 
-    _, soup = page(build, "book/10_api_reference")
+    _, soup = page(build, "book/11_api_reference")
     documented = {tag.get("id") for tag in soup.find_all(["dt"]) if tag.get("id")}
     for name in lfssd_tutorial.__all__:
         if name.startswith("__"):
