@@ -126,6 +126,8 @@ def plot_ratio_histogram(
     bound_label: str = "bound",
     bins: int = 80,
     ax=None,
+    zoom_ax=None,
+    zoom: tuple[float, float] | None = None,
     title: str | None = None,
 ):
     """Histogram of the importance ratios ``Imp_Df / Imp_D`` with the alpha thresholds.
@@ -133,45 +135,81 @@ def plot_ratio_histogram(
     A weight is selected iff its ratio exceeds ``alpha``, so everything right of an
     alpha line is dampened; an alpha right of the largest ratio selects nothing.
 
+    Two panels: the whole distribution on log-log axes, and a zoom on linear axes near the
+    ceiling, where the largest ratio, the bound and the alphas close to them sit a few
+    hundredths apart (7.30 and 7.33 are one line on the log panel, two in the zoom).
+
     Args:
         ratios: from :func:`lfssd_tutorial.importance_ratios`.
         alphas: alpha values to mark (dashed lines, with the number of weights they select).
         published_alpha: the published setting, marked in red; ``None`` to omit.
         bound: a theoretical upper bound of the ratios to mark (dotted), e.g. ``|D|/|D_f|``.
         bound_label: legend text for ``bound``.
-        bins: number of bins (on a log axis).
-        ax: axes to draw on; a new figure by default.
-        title: axes title.
+        bins: number of bins of the log panel (the zoom has ``bins // 2`` linear bins).
+        ax: axes for the log panel. With ``ax`` and ``zoom_ax`` both left out, a new
+            figure ``BOOK_WIDTH`` wide holds the two panels side by side; with ``ax``
+            given and ``zoom_ax`` left out, only the log panel is drawn.
+        zoom_ax: axes for the linear zoom near the ceiling.
+        zoom: the zoom's ratio range ``(low, high)``; by default from 0.9 times the
+            smaller to 1.02 times the larger of the largest ratio and ``bound``.
+        title: title of the log panel.
 
     Returns:
-        The axes.
+        ``(ax, zoom_ax)``; ``zoom_ax`` is ``None`` when no zoom was drawn.
+
+    Raises:
+        ValueError: if no ratio is positive, or ``zoom`` is not an increasing pair.
     """
-    ax = _axes(ax)
     r = _numpy(ratios)
     r = r[r > 0]
-    marks = [*alphas, *( [published_alpha] if published_alpha is not None else []), *([bound] if bound else [])]
-    hi = max([r.max(), *marks]) * 1.3
-    edges = np.logspace(np.log10(r.min()), np.log10(hi), bins + 1)
-    ax.hist(r, bins=edges, color="0.55")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.axvline(r.max(), color="black", linewidth=1.2, label=f"largest ratio = {r.max():.2f}")
+    if r.size == 0:
+        raise ValueError("no positive ratio to plot: every Imp_Df is zero")
+    if zoom is not None and not zoom[0] < zoom[1]:
+        raise ValueError(f"zoom must be an increasing pair (low, high), got {zoom}")
+    if ax is None and zoom_ax is None:
+        import matplotlib.pyplot as plt
+
+        _, (ax, zoom_ax) = plt.subplots(1, 2, figsize=(BOOK_WIDTH, 3.4), width_ratios=(3, 2), layout="constrained")
+    ax = _axes(ax)
+    largest = r.max()
+    lines = [(largest, dict(color="black", linewidth=1.2), f"largest ratio = {largest:.2f}")]
     colours = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:cyan"]
     for k, a in enumerate(alphas):
-        n = int((r > a).sum())
-        ax.axvline(a, color=colours[k % len(colours)], linestyle="--", label=f"alpha = {a:g}: {n:,} selected")
+        lines.append((a, dict(color=colours[k % len(colours)], linestyle="--"),
+                      f"$\\alpha$ = {a:g}: {int((r > a).sum()):,} selected"))
     if published_alpha is not None:
-        n = int((r > published_alpha).sum())
-        ax.axvline(published_alpha, color="tab:red", linewidth=2,
-                   label=f"published alpha = {published_alpha:g}: {n:,} selected")
+        lines.append((published_alpha, dict(color="tab:red", linewidth=2),
+                      f"published $\\alpha$ = {published_alpha:g}: {int((r > published_alpha).sum()):,} selected"))
     if bound:
-        ax.axvline(bound, color="black", linestyle=":", linewidth=1.5, label=f"{bound_label} = {bound:.2f}")
-    ax.set_xlabel("importance ratio Imp_Df / Imp_D (log scale)")
+        lines.append((bound, dict(color="black", linestyle=":", linewidth=1.5), f"{bound_label} = {bound:.2f}"))
+
+    hi = max(x for x, _, _ in lines) * 1.3
+    counts, _, _ = ax.hist(r, bins=np.logspace(np.log10(r.min()), np.log10(hi), bins + 1), color="0.55")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    # The bars fill the lower 55% of the log axis, and the legend the space above them.
+    bottom = 0.7
+    ax.set_ylim(bottom, bottom * (counts.max() / bottom) ** (1 / 0.55))
+    for x, style, label in lines:
+        ax.axvline(x, label=label, **style)
+    ax.set_xlabel("ratio $I_{D_f,i} / I_{D,i}$ (log scale)")
     ax.set_ylabel("number of weights")
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
-    return ax
+    if zoom_ax is None:
+        return ax, None
+    ceiling = [largest, *([bound] if bound else [])]
+    low, high = zoom if zoom is not None else (0.9 * min(ceiling), 1.02 * max(ceiling))
+    zoom_ax.hist(r[(r >= low) & (r <= high)], bins=np.linspace(low, high, bins // 2 + 1), color="0.55")
+    for x, style, label in lines:
+        if low <= x <= high:
+            zoom_ax.axvline(x, **style)
+    zoom_ax.set_xlim(low, high)
+    zoom_ax.set_xlabel("ratio (linear scale)")
+    zoom_ax.set_ylabel("number of weights")
+    zoom_ax.set_title("near the ceiling")
+    return ax, zoom_ax
 
 
 def plot_selection_per_layer(reports, *, ax=None, title: str | None = None, fraction: bool = True):
