@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
 
 from .data import Relabelled, make_loader
-from .importance import split_batch
+from .batches import split_batch
 from .options import MethodOptions, MethodResult
 from .request import SplitLoaders
 from .training import amp_dtype, train_model

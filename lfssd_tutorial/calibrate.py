@@ -47,7 +47,7 @@ from torch import nn
 
 from .checks import check_hyperparameters, check_importances, trainable_parameters
 from .dampening import importance_ratios, max_importance_ratio, select_and_dampen_
-from .importance import split_batch
+from .batches import Forward, batch_size, map_tensors, model_logits
 from .utils import progress as progress_bar
 from .utils import resolve_device
 
@@ -141,18 +141,18 @@ def default_candidates(
     return alphas
 
 
-def _inputs(loader: Iterable, name: str) -> list[torch.Tensor]:
-    batches = [split_batch(batch, need_labels=False)[0] for batch in loader]
-    if not batches or sum(len(x) for x in batches) == 0:
+def _inputs(loader: Iterable, name: str) -> list:
+    batches = list(loader)
+    if not batches or sum(batch_size(batch) or 0 for batch in batches) == 0:
         raise ValueError(f"{name} yielded no inputs")
     return batches
 
 
 @torch.no_grad()
-def _predictions(model: nn.Module, batches: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def _predictions(model: nn.Module, batches: list, device: torch.device, forward: Forward | None) -> torch.Tensor:
     out = []
-    for x in batches:
-        logits = model(x.to(device))
+    for batch in batches:
+        logits, _ = model_logits(model, map_tensors(lambda t: t.to(device), batch), forward=forward)
         if logits.dim() != 2:
             raise ValueError(f"calibrate_alpha needs class scores of shape (batch, classes); the model returned shape {tuple(logits.shape)}")
         out.append(logits.argmax(dim=1).cpu())
@@ -174,6 +174,7 @@ def calibrate_alpha(
     device: str | torch.device | None = None,
     progress: bool = False,
     warn: bool = True,
+    forward: Forward | None = None,
 ) -> AlphaChoice:
     """Choose ``alpha`` for one forget request from predictions alone (no labels).
 
@@ -199,6 +200,8 @@ def calibrate_alpha(
         progress: show a progress bar over the candidates.
         warn: emit a :class:`CalibrationWarning` when the choice is doubtful (it is
             recorded in ``AlphaChoice.warning`` either way).
+        forward: how to run the model on batches of another kind, as for
+            :func:`~lfssd_tutorial.compute_importance` (:mod:`lfssd_tutorial.batches`).
 
     Returns:
         An :class:`AlphaChoice`: ``.alpha`` and, per candidate, the weights selected and
@@ -224,7 +227,8 @@ def calibrate_alpha(
     forget_inputs, retain_inputs = _inputs(forget_loader, "forget_loader"), _inputs(retain_loader, "retain_loader")
 
     work = copy.deepcopy(model).to(device).eval()
-    forget_before, retain_before = _predictions(work, forget_inputs, device), _predictions(work, retain_inputs, device)
+    forget_before = _predictions(work, forget_inputs, device, forward)
+    retain_before = _predictions(work, retain_inputs, device, forward)
     concentration = float(np.bincount(forget_before.numpy()).max() / len(forget_before))
     if concentration < min_concentration:
         raise ValueError(
@@ -252,8 +256,8 @@ def calibrate_alpha(
         if report.nothing_selected:
             tried.append(AlphaCandidate(alpha, 0, 1.0, 1.0, False))
             continue
-        forget_agree = float((_predictions(work, forget_inputs, device) == forget_before).float().mean())
-        retain_agree = float((_predictions(work, retain_inputs, device) == retain_before).float().mean())
+        forget_agree = float((_predictions(work, forget_inputs, device, forward) == forget_before).float().mean())
+        retain_agree = float((_predictions(work, retain_inputs, device, forward) == retain_before).float().mean())
         tried.append(AlphaCandidate(alpha, report.total_selected, forget_agree, retain_agree,
                                     retain_agree >= 1 - retain_tolerance - 1e-12))
 

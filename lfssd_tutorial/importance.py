@@ -47,7 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batches import Forward, batch_size, map_tensors, model_logits
 from .checks import check_choice, check_importance, trainable_parameters
+from .distributed import all_reduce_sums, process_rank
 from .utils import atomic_save, autocast, progress as progress_bar, resolve_device
 
 __all__ = [
@@ -57,7 +59,6 @@ __all__ = [
     "batch_objective",
     "accumulate_",
     "default_sample_chunk_size",
-    "split_batch",
     "save_importance",
     "load_importance",
 ]
@@ -69,57 +70,29 @@ _FORMAT = "lfssd-importance"
 _FORMAT_VERSION = 1
 
 
-def split_batch(batch: Any, *, need_labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Return ``(inputs, labels)`` from one batch of a loader.
-
-    A batch is either a tensor (inputs only) or a tuple/list whose first element is
-    the input and whose last element is the label, which covers ``(x, y)`` and the
-    reference code's ``(x, fine_label, coarse_label)``.
-
-    Raises:
-        TypeError: the batch, its input or its label is not a tensor.
-        ValueError: labels are needed but the batch carries none.
-    """
-    if isinstance(batch, torch.Tensor):
-        inputs, labels = batch, None
-    elif isinstance(batch, (tuple, list)):
-        if len(batch) == 0:
-            raise ValueError("the loader yielded an empty tuple/list as a batch")
-        inputs = batch[0]
-        labels = batch[-1] if len(batch) >= 2 else None
-    else:
-        raise TypeError(
-            "a batch must be a tensor of inputs or a tuple/list (inputs, ..., labels); "
-            f"the loader yielded {type(batch).__name__}"
-        )
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"the batch's inputs must be a tensor, got {type(inputs).__name__}")
-    if labels is not None and not isinstance(labels, torch.Tensor):
-        raise TypeError(f"the batch's labels must be a tensor, got {type(labels).__name__}")
-    if need_labels and labels is None:
-        raise ValueError(
-            'objective="fisher" needs labels, but the loader yields batches without them '
-            "(a bare tensor or a 1-tuple). Use objective=\"l2\" (LFSSD) for unlabelled data, "
-            "or yield (inputs, labels)."
-        )
-    if labels is not None and labels.shape[:1] != inputs.shape[:1]:
-        raise ValueError(
-            f"the batch has {inputs.shape[0]} inputs but {labels.shape[0] if labels.dim() else 0} labels"
-        )
-    return inputs, labels
-
-
 def batch_objective(logits: torch.Tensor, labels: torch.Tensor | None, objective: str) -> torch.Tensor:
     """The scalar whose gradient the batch estimator squares (``"fisher"``) or takes the
     absolute value of (``"l2"``): the reference code's objective, a mean over the batch.
 
     ``"fisher"`` (and ``"true_fisher"``, with labels drawn from the model): the cross-entropy of
-    ``logits`` with ``labels``; ``"l2"``: the squared l2 norm of each sample's logits,
-    ``||f(x)||_2^2``, averaged over the batch (no labels).
+    class logits ``(batch, classes)`` with ``labels``; ``"l2"``: the squared l2 norm of each
+    sample's output, ``||f(x)||_2^2``, summed over every dimension but the first (so a
+    regression output ``(batch,)`` or sequence logits ``(batch, T, V)`` work too) and
+    averaged over the batch (no labels).
     """
     if objective in ("fisher", "true_fisher"):
-        return F.cross_entropy(logits, labels)
-    return logits.pow(2).sum(dim=1).mean()
+        return F.cross_entropy(_class_logits(logits, objective), labels)
+    return logits.pow(2).reshape(len(logits), -1).sum(dim=1).mean()
+
+
+def _class_logits(logits: torch.Tensor, objective: str) -> torch.Tensor:
+    """``logits`` if they are class logits ``(batch, classes)``, else a ValueError saying what they are."""
+    if logits.dim() != 2:
+        raise ValueError(
+            f"objective={objective!r} needs class logits of shape (batch, classes); the model returned shape "
+            f'{tuple(logits.shape)}. objective="l2" takes outputs of any shape (regression outputs, sequence logits)'
+        )
+    return logits
 
 
 def accumulate_(acc: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], objective: str, weight: float = 1.0) -> None:
@@ -172,15 +145,23 @@ def compute_importance(
     channels_last: bool = False,
     label_samples: int | None = None,
     seed: int = 0,
+    forward: Forward | None = None,
 ) -> dict[str, torch.Tensor]:
     """Estimate one importance value per parameter element over the data in ``loader``.
+
+    Under an initialised :mod:`torch.distributed` process group every process passes its
+    own share of the data, and every process returns the importance over all of it
+    (:mod:`lfssd_tutorial.distributed`).
 
     Args:
         model: the trained network. It is run in eval mode (BatchNorm uses its running
             statistics, dropout is off); each module's train/eval flag is restored
             afterwards. Parameters, buffers and existing ``.grad`` fields are untouched.
         loader: any iterable of batches (a ``DataLoader``, a list, a generator). A batch
-            is a tensor of inputs, or a tuple/list ``(inputs, ..., labels)``.
+            is a tensor of inputs, a tuple/list ``(inputs, ..., labels)``, or a mapping
+            whose entries are the model's keyword arguments besides ``"labels"``/``"label"``
+            (:mod:`lfssd_tutorial.batches`). The model may return logits, an object with
+            ``.logits``, a mapping with ``"logits"`` or a tuple ``(logits, ...)``.
         objective: ``"l2"`` for LFSSD's label-free sensitivity of ``||f(x)||_2^2``,
             ``"fisher"`` for SSD's diagonal empirical Fisher information (needs labels), or
             ``"true_fisher"`` for the diagonal true Fisher information (labels from the
@@ -211,7 +192,11 @@ def compute_importance(
             sample, at either granularity). ``k``: ``k`` labels drawn per input from the
             model's softmax, each draw's squared gradient weighted ``1/k`` (``k`` backward
             passes per batch, or per sample).
-        seed: seeds the label draws of ``label_samples``.
+        seed: seeds the label draws of ``label_samples`` (``seed + rank`` in process ``rank``
+            of a process group, so the draws differ from a one-process run's).
+        forward: how to run the model on a batch of another kind:
+            ``forward(model, batch) -> (logits, labels or None)``. At sample granularity it
+            is called on one sample at a time (a batch of one) under :func:`torch.func.vmap`.
 
     Returns:
         ``{parameter name: float32 tensor shaped like the parameter}`` for every parameter
@@ -219,8 +204,11 @@ def compute_importance(
 
     Raises:
         ValueError: unknown objective or granularity, an empty loader, batches without
-            labels for ``"fisher"``, or a non-finite importance.
-        TypeError: the loader yields something other than tensors.
+            labels for ``"fisher"``, outputs that are not class logits ``(batch, classes)``
+            for ``"fisher"``/``"true_fisher"``, or a non-finite importance.
+        TypeError: a batch or model output of a kind listed nowhere above.
+        RuntimeError: at ``granularity="sample"``, a model :mod:`torch.func` cannot run
+            (in-place updates, data-dependent control flow): use ``granularity="batch"``.
     """
     check_choice("objective", objective, OBJECTIVES)
     check_choice("granularity", granularity, GRANULARITIES)
@@ -240,11 +228,15 @@ def compute_importance(
         raise ValueError('autocast_dtype is supported with granularity="batch" only (and not for the exact true Fisher)')
     device = resolve_device(device, model)
     params = trainable_parameters(model)
-    draws = None if label_samples is None else torch.Generator(device=device).manual_seed(seed)
+    draws = None if label_samples is None else torch.Generator(device=device).manual_seed(seed + process_rank())
     exact_true_fisher = objective == "true_fisher" and label_samples is None
     if (granularity == "sample" or exact_true_fisher) and sample_chunk_size is None:
         sample_chunk_size = default_sample_chunk_size(params.values(), device)
     need_labels = objective == "fisher"
+
+    def run(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return model_logits(model, batch, forward=forward, need_labels=need_labels)
+
     if channels_last and device.type == "cpu":
         _check_cpu_channels_last(model)
     prepare = _input_preparer(device, channels_last)
@@ -252,14 +244,15 @@ def compute_importance(
     with _EvalMode(model):
         if granularity == "batch" and not exact_true_fisher:
             acc, count = _batch_importance(
-                model, params, loader, objective, need_labels, prepare, device, autocast_dtype, progress,
+                model, params, loader, objective, run, prepare, device, autocast_dtype, progress,
                 label_samples, draws,
             )
         else:  # per sample; the exact batch true Fisher weights each sample by 1/B^2 (module docstring)
             acc, count = _sample_importance(
-                model, params, loader, objective, need_labels, prepare, progress, sample_chunk_size,
+                model, params, loader, objective, run, prepare, progress, sample_chunk_size,
                 label_samples, draws, per_batch=granularity == "batch",
             )
+    count = all_reduce_sums(acc, count)  # over every process of a torch.distributed group, if any
     if count == 0:
         raise ValueError("the loader yielded no data: cannot estimate importance over an empty set")
     torch._foreach_div_(acc, float(count))
@@ -311,38 +304,33 @@ def _check_cpu_channels_last(model: nn.Module) -> None:
 
 
 def _input_preparer(device: torch.device, channels_last: bool):
-    """Move a batch's inputs and labels to ``device`` (inputs in channels_last if asked)."""
+    """Move every tensor of a batch to ``device`` (4-D ones in channels_last if asked)."""
 
-    def prepare(inputs, labels):
-        if channels_last and inputs.dim() == 4:
-            inputs = inputs.to(device, memory_format=torch.channels_last, non_blocking=True)
-        else:
-            inputs = inputs.to(device, non_blocking=True)
-        if labels is not None:
-            labels = labels.to(device, non_blocking=True)
-        return inputs, labels
+    def move(tensor: torch.Tensor) -> torch.Tensor:
+        if channels_last and tensor.dim() == 4:
+            return tensor.to(device, memory_format=torch.channels_last, non_blocking=True)
+        return tensor.to(device, non_blocking=True)
 
-    return prepare
+    return lambda batch: map_tensors(move, batch)
 
 
 def _draw_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One label per row of ``logits``, drawn from its softmax with ``generator``."""
-    probs = torch.softmax(logits.detach().float(), dim=1)
+    probs = torch.softmax(_class_logits(logits, "true_fisher").detach().float(), dim=1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _batch_importance(model, params, loader, objective, need_labels, prepare, device, autocast_dtype, progress,
+def _batch_importance(model, params, loader, objective, run, prepare, device, autocast_dtype, progress,
                       label_samples, draws):
     tensors = list(params.values())
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     n_batches = 0
     for batch in progress_bar(loader, progress, f"importance ({objective}, batch)"):
-        inputs, labels = split_batch(batch, need_labels=need_labels)
-        if inputs.shape[0] == 0:
+        batch = prepare(batch)
+        if batch_size(batch) == 0:
             continue
-        inputs, labels = prepare(inputs, labels)
         with autocast(device, autocast_dtype):
-            logits = model(inputs)
+            logits, labels = run(model, batch)
         # The objective is always evaluated in float32 (autocast only covers the model).
         logits = logits.float()
         if objective == "true_fisher":  # k label draws from the model, each weighted 1/k
@@ -368,10 +356,45 @@ def _batch_importance(model, params, loader, objective, need_labels, prepare, de
     return acc, n_batches
 
 
-def _sample_importance(model, params, loader, objective, need_labels, prepare, progress, chunk, label_samples=None,
+class _ModelOnBatch(nn.Module):
+    """``run(model, batch)`` as a module holding ``model``, so that :func:`torch.func.functional_call`
+    can swap the model's weights for the ones it is given, whatever ``run`` does with the model."""
+
+    def __init__(self, model: nn.Module, run):
+        super().__init__()
+        self.model = model
+        self.run = run
+
+    def forward(self, batch):
+        return self.run(self.model, batch)
+
+
+def _rows(batch, start: int, stop: int):
+    """Samples ``start:stop`` of every tensor of a batch."""
+    return map_tensors(lambda t: t[start:stop], batch)
+
+
+def _per_sample(transform, *args):
+    """Call a :mod:`torch.func` transform of the model; when torch.func cannot run the model, say what to do."""
+    try:
+        return transform(*args)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        raise RuntimeError(
+            'granularity="sample" takes per-sample gradients with torch.func (vmap over grad), which failed on this '
+            f"model: {error}\nPer-sample granularity needs a torch.func-compatible model (no in-place updates of "
+            "tensors it does not own, no Python control flow or .item() on tensor values); "
+            'granularity="batch" runs any model.'
+        ) from error
+
+
+def _sample_importance(model, params, loader, objective, run, prepare, progress, chunk, label_samples=None,
                        draws=None, per_batch=False):
     """Per-sample importances, summed; returns them with the count to divide by.
 
+    Every tensor of a batch is cut into samples (:func:`torch.func.vmap` over its first
+    dimension), and ``run`` is given each sample as a batch of one.
     With ``per_batch`` (the exact true Fisher at batch granularity) each sample of a batch
     of ``B`` is weighted ``1/B^2`` and the count is the number of batches.
     """
@@ -381,28 +404,30 @@ def _sample_importance(model, params, loader, objective, need_labels, prepare, p
     detached = {n: p.detach() for n, p in params.items()}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
+    fixed = {f"model.{n}": t for n, t in {**frozen, **buffers}.items()}
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in detached.values()]
+    on_batch = _ModelOnBatch(model, run)
 
-    def logits_of(trainable, x):
-        return functional_call(model, ({**trainable, **frozen}, buffers), (x.unsqueeze(0),))
+    def logits_of(trainable, sample):  # vmap takes the batch dimension away: give run a batch of one
+        one = map_tensors(lambda t: t.unsqueeze(0), sample)
+        return functional_call(on_batch, ({f"model.{n}": t for n, t in trainable.items()}, fixed), (one,))
 
-    def per_sample_objective(trainable, x, y):
-        out = logits_of(trainable, x)
-        if y is not None:
-            return F.cross_entropy(out, y.unsqueeze(0))
-        return out.pow(2).sum()
+    def per_sample_objective(trainable, sample, drawn=None):
+        logits, labels = logits_of(trainable, sample)
+        return batch_objective(logits.float(), labels if drawn is None else drawn.unsqueeze(0), objective)
 
-    def log_probs(trainable, x):  # the exact true Fisher: every class's log-probability, and the probabilities
-        logp = torch.log_softmax(logits_of(trainable, x).float(), dim=1)[0]
+    def log_probs(trainable, sample):  # the exact true Fisher: every class's log-probability, and the probabilities
+        logits, _ = logits_of(trainable, sample)
+        logp = torch.log_softmax(_class_logits(logits, objective).float(), dim=1)[0]
         return logp, logp.detach().exp()
 
     exact = objective == "true_fisher" and label_samples is None
     if exact:
         grad_fn = vmap(jacrev(log_probs, has_aux=True), in_dims=(None, 0), randomness="same")
-    elif objective in ("fisher", "true_fisher"):
+    elif objective == "true_fisher":
         grad_fn = vmap(grad(per_sample_objective), in_dims=(None, 0, 0), randomness="same")
     else:
-        grad_fn = vmap(grad(lambda t, x: per_sample_objective(t, x, None)), in_dims=(None, 0), randomness="same")
+        grad_fn = vmap(grad(per_sample_objective), in_dims=(None, 0), randomness="same")
 
     def add(grads: dict, weight: float) -> None:
         # fresh per-sample gradients (chunk x parameter): square / abs them in place (fused
@@ -418,34 +443,34 @@ def _sample_importance(model, params, loader, objective, need_labels, prepare, p
 
     count = 0
     for batch in progress_bar(loader, progress, f"importance ({objective}, sample)"):
-        inputs, labels = split_batch(batch, need_labels=need_labels)
-        if inputs.shape[0] == 0:
+        batch = prepare(batch)
+        size = batch_size(batch)
+        if size is None:
+            raise TypeError(f'granularity="sample" needs batches holding tensors with a batch dimension, got {type(batch).__name__}')
+        if size == 0:
             continue
-        inputs, labels = prepare(inputs, labels)
         if exact and count == 0:  # one gradient per class and sample: a chunk of as many gradients
             with torch.no_grad():
-                chunk = max(1, chunk // logits_of(detached, inputs[0]).shape[1])
-        weight = 1.0 / inputs.shape[0] ** 2 if per_batch else 1.0
-        for start in range(0, inputs.shape[0], chunk):
-            x = inputs[start : start + chunk]
+                chunk = max(1, chunk // _class_logits(run(model, _rows(batch, 0, 1))[0], objective).shape[1])
+        weight = 1.0 / size**2 if per_batch else 1.0
+        for start in range(0, size, chunk):
+            part = _rows(batch, start, start + chunk)
             if exact:
                 # d log p_c / d theta for every class c (chunk x classes x parameter), weighted
                 # by sqrt(p_c) so that the squares sum to sum_c p_c (d log p_c)^2
-                jac, probs = grad_fn(detached, x)
+                jac, probs = _per_sample(grad_fn, detached, part)
                 root = probs.sqrt()
                 add({n: (g * root.view(*root.shape, *([1] * (g.dim() - 2)))).flatten(0, 1) for n, g in jac.items()}, weight)
                 del jac
                 continue
             if objective == "true_fisher":
                 with torch.no_grad():
-                    logits = torch.cat([logits_of(detached, xi) for xi in x])
+                    logits = torch.cat([run(model, _rows(part, i, i + 1))[0] for i in range(batch_size(part))])
                 for _ in range(label_samples):
-                    add(grad_fn(detached, x, _draw_labels(logits, draws)), weight / label_samples)
-            elif objective == "fisher":
-                add(grad_fn(detached, x, labels[start : start + chunk]), weight)
+                    add(_per_sample(grad_fn, detached, part, _draw_labels(logits, draws)), weight / label_samples)
             else:
-                add(grad_fn(detached, x), weight)
-        count += 1 if per_batch else inputs.shape[0]
+                add(_per_sample(grad_fn, detached, part), weight)
+        count += 1 if per_batch else size
     return acc, count
 
 

@@ -45,6 +45,7 @@ def _dampen(method: str, model: nn.Module, loaders: SplitLoaders, options: Metho
         label_samples=options.label_samples,
         seed=options.seed,
         warn=False,
+        forward=options.forward,
     )
     return MethodResult(model, report)
 

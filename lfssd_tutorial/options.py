@@ -111,6 +111,8 @@ class MethodOptions:
         seed: seeds the baselines' random draws (subsets, labels, noise, shuffling).
         autocast_dtype: autocast dtype of SSD/LFSSD's importance passes (``None``: full precision).
         channels_last: run SSD/LFSSD's importance passes in channels-last memory format.
+        forward: how SSD/LFSSD run the model on a batch of another kind,
+            ``forward(model, batch) -> (logits, labels or None)`` (:mod:`lfssd_tutorial.batches`).
     """
 
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
@@ -126,6 +128,7 @@ class MethodOptions:
     seed: int = 0
     autocast_dtype: torch.dtype | None = None
     channels_last: bool = False
+    forward: Callable | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .importance import split_batch
+from .batches import split_batch
 from .utils import autocast, progress as progress_bar, resolve_device
 
 __all__ = ["TrainConfig", "seed_everything", "amp_dtype", "train_model", "predict", "evaluate_accuracy"]

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from .batches import Forward
 from .calibrate import calibrate_alpha
 from .checks import check_choice, check_hyperparameters, check_importance
 from .dampening import DampeningReport, select_and_dampen_
@@ -47,6 +48,7 @@ def unlearn(
     label_samples: int | None = None,
     seed: int = 0,
     warn: bool = True,
+    forward: Forward | None = None,
 ) -> tuple[nn.Module, DampeningReport]:
     """Forget the data in ``forget_loader`` with LFSSD (default) or SSD.
 
@@ -83,6 +85,9 @@ def unlearn(
         warn: emit :class:`~lfssd_tutorial.NothingSelectedWarning` when nothing is selected
             (and, with ``alpha="auto"``, :class:`~lfssd_tutorial.CalibrationWarning` when the
             calibration finds no good alpha).
+        forward: how to run the model on batches of another kind,
+            ``forward(model, batch) -> (logits, labels or None)``, for every importance pass
+            and the calibration (see :func:`~lfssd_tutorial.compute_importance`).
 
     Returns:
         ``(unlearned model, DampeningReport)``.
@@ -105,7 +110,7 @@ def unlearn(
         check_importance(full_importance, model, name="full_importance (Imp_D)")
     target = model if inplace else copy.deepcopy(model)
     options = dict(objective=objective, granularity=granularity, device=device, progress=progress,
-                   autocast_dtype=autocast_dtype, channels_last=channels_last)
+                   autocast_dtype=autocast_dtype, channels_last=channels_last, forward=forward)
     if objective == "true_fisher":
         options.update(label_samples=label_samples, seed=seed)
     elif label_samples is not None:
@@ -116,7 +121,7 @@ def unlearn(
     choice = None
     if auto:
         choice = calibrate_alpha(target, full_importance, forget_importance, forget_loader, retain_loader,
-                                 lambda_=lambda_, device=device, progress=progress, warn=warn)
+                                 lambda_=lambda_, device=device, progress=progress, warn=warn, forward=forward)
         alpha = choice.alpha
     report = select_and_dampen_(target, full_importance, forget_importance, alpha=alpha, lambda_=lambda_, warn=False)
     report.calibration = choice
