@@ -7,7 +7,7 @@ The public API::
     unlearn(model, forget_loader, method="lfssd" | "ssd", full_loader=... | full_importance=...)
     calibrate_alpha(model, full_importance, forget_importance, forget_loader, retain_loader)  # alpha without labels
     unlearning(net, retain, forget, validation)          # NeurIPS 2023 starting-kit contract
-    save_importance / load_importance                     # cache Imp_D across forget requests
+    save_importance / load_importance                     # cache Imp_D across forget requests (safetensors)
 """
 
 from .calibrate import AlphaChoice, CalibrationWarning, calibrate_alpha
@@ -19,7 +19,9 @@ from .dampening import (
     max_importance_ratio,
     select_and_dampen_,
 )
-from .importance import compute_importance, load_importance, save_importance
+from .importance import compute_importance
+from .importance_file import load_importance, save_importance
+from .importance_info import Importance, ImportanceInfo
 from .unlearn import unlearn, unlearning
 
 __version__ = "0.1.0"
@@ -28,6 +30,8 @@ __all__ = [
     "AlphaChoice",
     "CalibrationWarning",
     "DampeningReport",
+    "Importance",
+    "ImportanceInfo",
     "NothingSelectedWarning",
     "calibrate_alpha",
     "check_hyperparameters",

@@ -208,7 +208,8 @@ def calibrate_alpha(
         the two agreements.
 
     Raises:
-        ValueError: an empty loader; importances that do not fit ``model``; a bad
+        ValueError: an empty loader; importances that do not fit ``model`` or that record
+            different objectives or granularities (:func:`~lfssd_tutorial.checks.check_same_kind`); a bad
             ``lambda_``, candidate or tolerance; a forget set spread over many classes
             (``min_concentration``); candidates none of which selects a weight.
 

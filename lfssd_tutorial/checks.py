@@ -2,7 +2,9 @@
 
 Each check raises a ``ValueError`` whose message names the bad argument (and, for an
 importance, the offending entry), so that a mistake is reported where it is made rather
-than as a wrong result later.
+than as a wrong result later. Importances that record how they were estimated (an
+:class:`~lfssd_tutorial.importance_info.Importance`) are also checked to be of the kind
+asked for and of the same kind as each other; plain dicts record nothing and skip that.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from .importance_info import Importance
+
 __all__ = [
     "check_choice",
     "check_hyperparameters",
     "check_importance",
+    "check_importance_kind",
     "check_importances",
+    "check_same_kind",
     "trainable_parameters",
 ]
 
@@ -74,7 +80,8 @@ def check_importances(
     pairs: Iterable[tuple[Mapping[str, torch.Tensor], str]],
     model: nn.Module | None = None,
 ) -> None:
-    """:func:`check_importance` for several ``(importance, name)`` pairs at once.
+    """:func:`check_importance` for several ``(importance, name)`` pairs used together, and
+    :func:`check_same_kind`: those that record their objective and granularity must agree.
 
     The values of all of them are checked together, with one device-to-host copy; only
     when that finds a bad value are the entries searched one by one to name it.
@@ -86,6 +93,7 @@ def check_importances(
         for key, value in importance.items():
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"{name}[{key!r}] is a {type(value).__name__}, not a tensor")
+    check_same_kind(pairs)
     if not _finite_and_nonnegative([v for importance, _ in pairs for v in importance.values()]):
         _name_bad_values(pairs)
     if model is None:
@@ -104,6 +112,44 @@ def check_importances(
                     f"{name}[{key!r}] has shape {tuple(importance[key].shape)}, "
                     f"but the parameter has shape {tuple(p.shape)}"
                 )
+
+
+def check_same_kind(pairs: Iterable[tuple[Mapping[str, torch.Tensor], str]]) -> None:
+    """Raise ``ValueError`` if two of the importances record different objectives or granularities.
+
+    Their ratio would compare unlike quantities (an l2 sensitivity with a Fisher diagonal,
+    a per-sample mean with a per-batch mean). The message names both importances and both
+    values. Plain dicts record neither and are not compared.
+    """
+    recorded = [(importance.info, name) for importance, name in pairs if isinstance(importance, Importance)]
+    for info, name in recorded[1:]:
+        first, first_name = recorded[0]
+        for field in ("objective", "granularity"):
+            if getattr(info, field) != getattr(first, field):
+                raise ValueError(
+                    f"{first_name} has {field} {getattr(first, field)!r} but {name} has {field} "
+                    f"{getattr(info, field)!r}: importances used together must be estimated the same way"
+                )
+
+
+def check_importance_kind(
+    importance: Mapping[str, torch.Tensor],
+    *,
+    objective: str,
+    granularity: str,
+    wanted_by: str,
+    name: str = "importance",
+) -> None:
+    """Raise ``ValueError`` if ``importance`` records an objective or granularity other than the
+    ones wanted; ``wanted_by`` says what needs the objective (e.g. ``"method='ssd'"``) in the
+    message. A plain dict records neither and passes."""
+    if not isinstance(importance, Importance):
+        return
+    info = importance.info
+    if info.objective != objective:
+        raise ValueError(f"{name} has objective {info.objective!r}, but {wanted_by} needs objective {objective!r}")
+    if info.granularity != granularity:
+        raise ValueError(f"{name} has granularity {info.granularity!r}, but granularity {granularity!r} was asked for")
 
 
 def _finite_and_nonnegative(values: list[torch.Tensor]) -> bool:

@@ -39,8 +39,7 @@ exact batch estimator is therefore a weighted per-sample one.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -50,7 +49,8 @@ from torch import nn
 from .batches import Forward, batch_size, map_tensors, model_logits
 from .checks import check_choice, check_importance, trainable_parameters
 from .distributed import all_reduce_sums, process_rank
-from .utils import atomic_save, autocast, progress as progress_bar, resolve_device
+from .importance_info import Importance, ImportanceInfo
+from .utils import autocast, progress as progress_bar, resolve_device
 
 __all__ = [
     "OBJECTIVES",
@@ -59,15 +59,10 @@ __all__ = [
     "batch_objective",
     "accumulate_",
     "default_sample_chunk_size",
-    "save_importance",
-    "load_importance",
 ]
 
 OBJECTIVES = ("l2", "fisher", "true_fisher")
 GRANULARITIES = ("batch", "sample")
-
-_FORMAT = "lfssd-importance"
-_FORMAT_VERSION = 1
 
 
 def batch_objective(logits: torch.Tensor, labels: torch.Tensor | None, objective: str) -> torch.Tensor:
@@ -146,7 +141,7 @@ def compute_importance(
     label_samples: int | None = None,
     seed: int = 0,
     forward: Forward | None = None,
-) -> dict[str, torch.Tensor]:
+) -> Importance:
     """Estimate one importance value per parameter element over the data in ``loader``.
 
     Under an initialised :mod:`torch.distributed` process group every process passes its
@@ -199,8 +194,11 @@ def compute_importance(
             is called on one sample at a time (a batch of one) under :func:`torch.func.vmap`.
 
     Returns:
-        ``{parameter name: float32 tensor shaped like the parameter}`` for every parameter
-        with ``requires_grad``, on the computation device.
+        An :class:`~lfssd_tutorial.Importance`: the dict ``{parameter name: float32 tensor
+        shaped like the parameter}`` for every parameter with ``requires_grad``, on the
+        computation device, whose ``info`` records the objective, the granularity,
+        ``label_samples``, the parameters' names and shapes, and the numbers of samples and
+        (non-empty) batches it was estimated over.
 
     Raises:
         ValueError: unknown objective or granularity, an empty loader, batches without
@@ -241,6 +239,7 @@ def compute_importance(
         _check_cpu_channels_last(model)
     prepare = _input_preparer(device, channels_last)
 
+    loader = tally = _Tally(loader)  # counts the samples and batches the importance is estimated over
     with _EvalMode(model):
         if granularity == "batch" and not exact_true_fisher:
             acc, count = _batch_importance(
@@ -262,7 +261,37 @@ def compute_importance(
     filled = [a for a in acc if a.numel()]
     if filled and not bool(torch.stack(torch._foreach_max(filled)).isfinite().all()):
         check_importance(result, name="computed importance")  # names the first bad entry
-    return result
+    samples, batches = tally.totals(acc[0].device)
+    info = ImportanceInfo(objective=objective, granularity=granularity, samples=samples, batches=batches,
+                          label_samples=label_samples, parameters={name: tuple(p.shape) for name, p in params.items()})
+    return Importance(result, info)
+
+
+class _Tally:
+    """A loader that counts, as they pass, the non-empty batches it yields and their samples."""
+
+    def __init__(self, loader: Iterable):
+        self.loader, self.samples, self.batches, self.unsized = loader, 0, 0, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            size = batch_size(batch)
+            if size != 0:  # empty batches are skipped by the estimators
+                self.batches += 1
+                self.samples += size or 0
+                self.unsized += size is None  # a batch only a forward hook understands
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def totals(self, device: torch.device) -> tuple[int | None, int]:
+        """``(samples, batches)`` over every process of a torch.distributed group, if any
+        (``samples`` is ``None`` when a batch had no tensor to count them by)."""
+        tally = torch.tensor([self.samples, self.batches, self.unsized], dtype=torch.float64, device=device)
+        all_reduce_sums([tally], 0)
+        samples, batches, unsized = (int(v) for v in tally.tolist())
+        return (None if unsized else samples), batches
 
 
 _CPU_SAMPLE_CHUNK = 16
@@ -473,49 +502,3 @@ def _sample_importance(model, params, loader, objective, run, prepare, progress,
         count += 1 if per_batch else size
     return acc, count
 
-
-def save_importance(
-    importance: Mapping[str, torch.Tensor],
-    path: str | os.PathLike,
-    *,
-    metadata: Mapping[str, str | int | float | bool] | None = None,
-) -> None:
-    """Save an importance dict to ``path`` (a plain tensor file, safe to load).
-
-    ``metadata`` (e.g. objective, granularity, dataset) is stored beside it; values must
-    be strings, numbers or booleans. The file is written atomically.
-    """
-    check_importance(importance)
-    meta = dict(metadata or {})
-    for k, v in meta.items():
-        if not isinstance(v, (str, int, float, bool)):
-            raise TypeError(f"metadata[{k!r}] must be a str, int, float or bool, got {type(v).__name__}")
-    payload = {
-        "format": _FORMAT,
-        "version": _FORMAT_VERSION,
-        "metadata": meta,
-        "importance": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in importance.items()},
-    }
-    atomic_save(payload, path)
-
-
-def load_importance(
-    path: str | os.PathLike,
-    model: nn.Module | None = None,
-    *,
-    map_location: str | torch.device = "cpu",
-    with_metadata: bool = False,
-) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load an importance saved by :func:`save_importance` (``weights_only=True``).
-
-    When ``model`` is given, the keys and shapes are checked against its trainable
-    parameters. With ``with_metadata=True`` returns ``(importance, metadata)``.
-    """
-    payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{os.fspath(path)} is not an importance file written by save_importance")
-    importance = dict(payload["importance"])
-    check_importance(importance, model, name=f"importance loaded from {os.fspath(path)}")
-    if with_metadata:
-        return importance, dict(payload.get("metadata", {}))
-    return importance

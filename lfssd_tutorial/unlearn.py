@@ -11,7 +11,7 @@ from torch import nn
 
 from .batches import Forward
 from .calibrate import calibrate_alpha
-from .checks import check_choice, check_hyperparameters, check_importance
+from .checks import check_choice, check_hyperparameters, check_importance, check_importance_kind
 from .dampening import DampeningReport, select_and_dampen_
 from .importance import GRANULARITIES, compute_importance
 
@@ -64,7 +64,9 @@ def unlearn(
         full_importance: a precomputed ``Imp_D`` (same method and granularity), e.g. from
             :func:`~lfssd_tutorial.compute_importance` or
             :func:`~lfssd_tutorial.load_importance`; compute it once and reuse it for
-            every forget request.
+            every forget request. One that records its objective and granularity (an
+            :class:`~lfssd_tutorial.Importance`) is refused unless they are the method's
+            objective and ``granularity``; a plain dict is taken on trust.
         alpha: selection weighting (``> 0``), or ``"auto"`` to choose it per request
             without labels with :func:`~lfssd_tutorial.calibrate_alpha` (needs
             ``retain_loader``; the choice is ``report.calibration``). 10 is the authors'
@@ -91,6 +93,11 @@ def unlearn(
 
     Returns:
         ``(unlearned model, DampeningReport)``.
+
+    Raises:
+        ValueError: an unknown method or granularity, bad hyperparameters, both or neither
+            of ``full_loader`` and ``full_importance``, or a ``full_importance`` that does
+            not fit the model or records another objective or granularity.
     """
     objective = objective_for(method)
     check_choice("granularity", granularity, GRANULARITIES)
@@ -117,6 +124,9 @@ def unlearn(
         raise ValueError(f'label_samples applies to method="ssd_true_fisher" only, not {method!r}')
     if full_importance is None:
         full_importance = compute_importance(target, full_loader, **options)
+    else:
+        check_importance_kind(full_importance, objective=objective, granularity=granularity,
+                              wanted_by=f"method={method!r}", name="full_importance (Imp_D)")
     forget_importance = compute_importance(target, forget_loader, **options)
     choice = None
     if auto:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lfssd_tutorial import check_importance, compute_importance, load_importance, save_importance
+from lfssd_tutorial import check_importance, compute_importance
 
 from .conftest import make_batches, make_cnn
 
@@ -212,38 +212,7 @@ def test_non_finite_importance_is_an_error(cnn, batches):
         compute_importance(cnn, [(x, y)], objective="l2")
 
 
-# ----------------------------------------------------------------- save / load
-
-
-def test_save_load_roundtrip(tmp_path, cnn, batches):
-    imp = compute_importance(cnn, batches, objective="l2")
-    path = tmp_path / "imp.pt"
-    save_importance(imp, path, metadata={"objective": "l2", "granularity": "batch", "n": 23})
-    loaded, meta = load_importance(path, cnn, with_metadata=True)
-    assert meta == {"objective": "l2", "granularity": "batch", "n": 23}
-    for name in imp:
-        assert torch.equal(loaded[name], imp[name])
-    assert not list(tmp_path.glob("*.tmp-*"))
-
-
-def test_load_checks_model(tmp_path, cnn, batches):
-    imp = compute_importance(cnn, batches, objective="l2")
-    path = tmp_path / "imp.pt"
-    save_importance(imp, path)
-    other = make_cnn(width=6)
-    with pytest.raises(ValueError, match="shape"):
-        load_importance(path, other)
-    del imp["classifier.bias"]
-    save_importance(imp, path)
-    with pytest.raises(ValueError, match="missing 1 parameter"):
-        load_importance(path, cnn)
-
-
-def test_load_rejects_foreign_file(tmp_path):
-    path = tmp_path / "x.pt"
-    torch.save({"a": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="not an importance file"):
-        load_importance(path)
+# ---------------------------------------------- save / load: tests/test_importance_file.py
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,8 @@ from torch import nn
 
 from ..data import DataBundle, DeviceBatches, ForgetSplit, make_loader
 from ..dampening import DampeningReport
-from ..importance import compute_importance, load_importance, save_importance
+from ..importance import compute_importance
+from ..importance_file import load_importance, save_importance
 from ..methods import run_method
 from ..metrics import evaluate_accuracy
 from ..options import MethodOptions, MethodResult
@@ -129,8 +130,8 @@ class _Experiment:
         (``loaders.full``: ``D_r``, then ``D_f``), so it is computed once per target. At sample
         granularity it is a mean over the samples of ``D``, the same for every split, so it is
         computed once per seed over the training set in dataset order, and kept (with an
-        ``out_dir``) as ``checkpoints/importance-<training id>-<method>-sample-seed<seed>.pt``
-        for the other configs of the same models.
+        ``out_dir``) as ``checkpoints/importance-<training id>-<method>-sample-seed<seed>.safetensors``
+        for the other configs of the same models (a ``.pt`` file of the older format there is read too).
         """
         per_seed = spec.granularity == "sample"
         key = (seed, None if per_seed else str(target), spec.method, spec.granularity, spec.label_samples)
@@ -140,11 +141,12 @@ class _Experiment:
         path = None
         if per_seed and self.ckpt_dir is not None:
             draws = "" if spec.label_samples is None else f"-k{spec.label_samples}"
-            path = os.path.join(self.ckpt_dir, f"importance-{training_id(c)}-{spec.method}{draws}-sample-seed{seed}.pt")
-            if os.path.exists(path):
-                importance, meta = load_importance(path, with_metadata=True)
-                self.importances[key] = (importance, float(meta["seconds"]))
-                return self.importances[key]
+            path = os.path.join(self.ckpt_dir, f"importance-{training_id(c)}-{spec.method}{draws}-sample-seed{seed}.safetensors")
+            for saved in (path, path.removesuffix(".safetensors") + ".pt"):
+                if os.path.exists(saved):
+                    importance, meta = load_importance(saved, with_metadata=True)
+                    self.importances[key] = (importance, float(meta["seconds"]))
+                    return self.importances[key]
         original, _ = self.original(seed)
         loader = make_loader(self.eval_data.train, batch_size=c.data.batch_size, **loader_options(c, self.device)) if per_seed else loaders.full
         t0 = time.perf_counter()
