@@ -3,11 +3,15 @@ different kinds, and the safetensors importance file."""
 
 import copy
 import json
+import os
 import pickle
+import socket
 import warnings
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from safetensors.torch import save_file
 from torch import nn
 
@@ -38,6 +42,30 @@ def test_compute_importance_records_what_it_is(cnn, objective, granularity):
     assert info.batches == len(batches) == 3
     assert info.parameters == trainable_shapes(cnn)
     assert list(imp) == list(info.parameters)
+
+
+def _count_on_shard(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        shard = make_batches(n=23, batch_size=4)[rank::2]  # rank 0: 3 batches, 12 samples; rank 1: 3 batches, 11
+        for granularity in ("batch", "sample"):
+            info = compute_importance(make_cnn(), shard, objective="l2", granularity=granularity).info
+            with open(os.path.join(out, f"{granularity}-rank{rank}.json"), "w") as f:
+                json.dump([info.samples, info.batches], f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_counts_cover_every_process_of_a_group(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_count_on_shard, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for granularity in ("batch", "sample"):
+        for rank in range(2):
+            counts = json.loads((tmp_path / f"{granularity}-rank{rank}.json").read_text())
+            assert counts == [23, len(make_batches(n=23, batch_size=4))] == [23, 6]
 
 
 def test_true_fisher_records_its_label_samples(cnn, batches):
