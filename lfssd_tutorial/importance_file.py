@@ -2,8 +2,9 @@
 
 An importance file is a `safetensors <https://huggingface.co/docs/safetensors>`_ file (suffix
 ``.safetensors``): a JSON header, then the raw float32 tensors, one per parameter. Reading
-it runs no code, and the tensors are memory-mapped. The header's metadata (a ``str -> str``
-map) holds one key, ``"lfssd_tutorial"``, whose value is JSON::
+it runs no code: the file is memory-mapped and each tensor is read from it directly. The
+header's metadata (a ``str -> str`` map) holds one key, ``"lfssd_tutorial"``, whose value
+is JSON::
 
     {"format": "lfssd-importance", "version": 2,
      "parameters": [[name, shape], ...],     # the tensors, in the model's order
@@ -142,8 +143,9 @@ def load_importance(
 
 
 def _read_safetensors(path: str, map_location) -> tuple[dict, ImportanceInfo | None, dict]:
+    device = str(torch.device(map_location))
     try:
-        with safe_open(path, framework="pt", device=str(torch.device(map_location))) as f:
+        with safe_open(path, framework="pt", device=device) as f:
             stored = f.metadata() or {}
             if HEADER_KEY not in stored:
                 raise _NotOurs(f"{path} is a safetensors file without the importance header of save_importance "

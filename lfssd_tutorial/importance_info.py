@@ -93,12 +93,15 @@ class Importance(dict):
     """An importance dict (``{parameter name: tensor}``) that records how it was estimated.
 
     It is a ``dict``: index it, iterate over ``items()``, take ``len()``, pass it wherever an
-    importance is expected. ``info`` is its :class:`ImportanceInfo`. Two importances are
+    importance is expected (``dict(importance)`` is the plain dict). Two importances are
     ``==`` when they have the same keys, equal tensors (:func:`torch.equal`) and, if both
-    record one, the same ``info``; a plain dict of equal tensors is ``==`` to it.
+    are ``Importance``, the same ``info``; a plain dict of equal tensors is ``==`` to it.
 
     The record describes the tensors as they were estimated: after editing the dict (adding,
     removing or replacing entries) build a new ``Importance`` or use a plain dict.
+
+    Attributes:
+        info: how it was estimated (:class:`ImportanceInfo`).
 
     Raises:
         TypeError: ``info`` is not an :class:`ImportanceInfo`.
