@@ -1,4 +1,4 @@
-"""Command line: ``python -m lfssd_tutorial {demo,train,forget,report,sweep}``.
+"""Command line: ``python -m lfssd_tutorial {demo,train,forget,report,sweep,importance}``.
 
 A thin layer over :mod:`lfssd_tutorial.demo` and :mod:`lfssd_tutorial.experiments`: each
 command parses its flags, calls one function there and prints what it returns.
@@ -140,18 +140,55 @@ def _sweep(argv: list[str]) -> int:
     return 0
 
 
-USAGE = """usage: python -m lfssd_tutorial {demo,train,forget,report,sweep} [options]
+def _importance(argv: list[str]) -> int:
+    from .experiments import run_importance
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lfssd_tutorial importance",
+        description="Imp_D of a config's trained original model over its whole training set, saved with save_importance. "
+                    "Runs in one process, or in many under torchrun: each process takes every W-th batch and the "
+                    "processes' sums are added, so the file is the one a single process would write (rank 0 writes it). "
+                    "On 8 GPUs: torchrun --nproc-per-node=8 -m lfssd_tutorial importance --config C --file imp_d.safetensors "
+                    "(backend nccl by default on GPUs).")
+    _common(parser)
+    parser.add_argument("--file", required=True, help="the importance file to write")
+    parser.add_argument("--method", choices=("lfssd", "ssd", "ssd_true_fisher"), default="lfssd", help="its importance objective")
+    parser.add_argument("--granularity", choices=("batch", "sample"), default="sample")
+    parser.add_argument("--label-samples", type=int, default=None, help="ssd_true_fisher: label draws per input (default: exact)")
+    parser.add_argument("--checkpoint", default=None, help="the model's state_dict (default: the original model of the seed "
+                                                           "that `train` wrote in --out)")
+    parser.add_argument("--backend", choices=("nccl", "gloo"), default=None,
+                        help="process group backend under torchrun (default: nccl with CUDA, else gloo)")
+    args = parser.parse_args(argv)
+    if args.seeds is not None and len(args.seeds) != 1:
+        parser.error("importance computes Imp_D of one model: give one training seed (--seeds S)")
+    config, out = _setup(args)
+    try:
+        info = run_importance(config, path=args.file, out_dir=out, seed=args.seeds[0] if args.seeds else None, method=args.method,
+                              granularity=args.granularity, label_samples=args.label_samples, checkpoint=args.checkpoint,
+                              device=args.device, backend=args.backend, progress=not args.no_progress)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if info["rank"] == 0:
+        print(f"Imp_D ({info['method']}, {info['granularity']}, seed {info['seed']}) over {info['processes']} process(es) "
+              f"in {info['seconds']:.1f} s: wrote {info['path']}")
+    return 0
+
+
+USAGE = """usage: python -m lfssd_tutorial {demo,train,forget,report,sweep,importance} [options]
   demo     forget one class of the bundled data with SSD and LFSSD
   train    train (or load) the original and retrained models of a config
   forget   run every method of a config; results appended to <out>/results.jsonl, resumable
   report   markdown/CSV tables (mean ± sd over seeds) and plots of a results file
   sweep    an alpha x lambda grid for one scenario, with a heatmap
+  importance  Imp_D of a trained model, in one process or many (torchrun --nproc-per-node=N -m lfssd_tutorial importance ...)
 Run a command with --help for its options."""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"demo": _demo, "train": _train, "forget": _forget, "report": _report, "sweep": _sweep}
+    commands = {"demo": _demo, "train": _train, "forget": _forget, "report": _report, "sweep": _sweep, "importance": _importance}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

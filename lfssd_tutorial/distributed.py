@@ -16,7 +16,7 @@ both granularities, up to the order of float additions.
 :func:`init_from_env` starts the process group from the environment ``torchrun`` sets.
 On GPUs, one process per GPU with the NCCL backend::
 
-    torchrun --nproc-per-node=8 -m lfssd_tutorial importance --config CONFIG --file imp_d.pt --backend nccl
+    torchrun --nproc-per-node=8 -m lfssd_tutorial importance --config CONFIG --file imp_d.safetensors --backend nccl
 """
 
 from __future__ import annotations

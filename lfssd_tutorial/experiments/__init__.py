@@ -20,14 +20,16 @@ The modules, one job each:
 * :mod:`~lfssd_tutorial.experiments.build` — the data, splits, loaders and models a config builds;
 * :mod:`~lfssd_tutorial.experiments.store` — checkpoints and append-only results files;
 * :mod:`~lfssd_tutorial.experiments.runner` — training, one request, the grid of cells, the alpha x lambda sweep;
-* :mod:`~lfssd_tutorial.experiments.report` — tables, CSV and plots of a results file.
+* :mod:`~lfssd_tutorial.experiments.report` — tables, CSV and plots of a results file;
+* :mod:`~lfssd_tutorial.experiments.imp_d` — ``Imp_D`` of a trained model, in one process or many (``torchrun``).
 """
 
-from . import build, config, report, runner, store
+from . import build, config, imp_d, report, runner, store
 from .build import *  # noqa: F403
 from .config import *  # noqa: F403
+from .imp_d import *  # noqa: F403
 from .report import *  # noqa: F403
 from .runner import *  # noqa: F403
 from .store import *  # noqa: F403
 
-__all__ = config.__all__ + build.__all__ + store.__all__ + runner.__all__ + report.__all__
+__all__ = config.__all__ + build.__all__ + store.__all__ + runner.__all__ + report.__all__ + imp_d.__all__
