@@ -3,6 +3,7 @@
 The public API::
 
     compute_importance(model, loader, objective="l2" | "fisher" | "true_fisher", granularity="batch" | "sample")
+        # -> Importance: a dict of tensors whose .info records objective, granularity, samples, batches
     select_and_dampen_(model, full_importance, forget_importance, alpha=..., lambda_=...)
     unlearn(model, forget_loader, method="lfssd" | "ssd", full_loader=... | full_importance=...)
     calibrate_alpha(model, full_importance, forget_importance, forget_loader, retain_loader)  # alpha without labels
