@@ -50,7 +50,7 @@ def split_batch(batch: Any, *, need_labels: bool) -> tuple[torch.Tensor | dict[s
     Raises:
         TypeError: the batch is of another kind, or its inputs or labels are not tensors.
         ValueError: labels are needed but the batch carries none; a mapping with both
-            ``"labels"`` and ``"label"``; as many labels as inputs they are not.
+            ``"labels"`` and ``"label"``; not one label per input.
     """
     if isinstance(batch, torch.Tensor):
         inputs, labels = batch, None

@@ -249,10 +249,17 @@ def test_per_sample_needs_a_torch_func_model():
             out = super().forward(pixel_values)
             return out if out.sum() > 0 else -out  # Python control flow on a tensor's value
 
+    class InPlace(KeywordCNN):
+        def forward(self, pixel_values):
+            total = torch.zeros(5)
+            total += super().forward(pixel_values)[0]  # an in-place update of a tensor the model made
+            return total.expand(len(pixel_values), 5)
+
     batches = make_batches()
-    compute_importance(Branching(), batches, objective="l2", granularity="batch")  # the batch estimator runs it
-    with pytest.raises(RuntimeError, match='torch.func-compatible model.*granularity="batch"'):
-        compute_importance(Branching(), batches, objective="l2", granularity="sample")
+    for model in (Branching(), InPlace()):
+        compute_importance(model, batches, objective="l2", granularity="batch")  # the batch estimator runs it
+        with pytest.raises(RuntimeError, match='(?s)torch.func-compatible model.*granularity="batch"'):
+            compute_importance(model, batches, objective="l2", granularity="sample")
 
 
 def test_unlearn_and_calibrate_take_every_kind():
