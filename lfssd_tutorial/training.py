@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import split_batch
+from .batches import Forward, map_tensors, model_logits, split_batch
 from .utils import autocast, progress as progress_bar, resolve_device
 
 __all__ = ["TrainConfig", "seed_everything", "amp_dtype", "train_model", "predict", "evaluate_accuracy"]
@@ -136,17 +136,21 @@ def predict(
     *,
     device: str | torch.device | None = None,
     amp: bool = False,
+    forward: Forward | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits (float32, CPU) for every sample of ``loader``, and the labels if the batches carry them."""
+    """Logits (float32, CPU) for every sample of ``loader``, and the labels if the batches carry them.
+
+    Batches and outputs may be of any kind :mod:`lfssd_tutorial.batches` takes (``forward``
+    for any other)."""
     device = resolve_device(device, model)
     was_training = model.training
     model.eval()
     logits, labels = [], []
     try:
         for batch in loader:
-            inputs, y = split_batch(batch, need_labels=False)
+            batch = map_tensors(lambda t: t.to(device, non_blocking=True), batch)
             with autocast(device, amp_dtype(device, amp)):
-                out = model(inputs.to(device, non_blocking=True))
+                out, y = model_logits(model, batch, forward=forward)
             logits.append(out.float().cpu())
             if y is not None:
                 labels.append(y.cpu())

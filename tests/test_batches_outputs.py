@@ -282,3 +282,19 @@ def test_unlearn_and_calibrate_take_every_kind():
                              {f"net.{n}": v for n, v in forget_imp.items()}, [(y, x) for x, y in forget],
                              [(y, x) for x, y in full[:1]], forward=forward_two_inputs, **options)
     assert got.rows() == want.rows() == hooked.rows()
+
+
+def test_predictions_take_every_kind():
+    """predict (behind every accuracy of the package) on mapping batches and ModelOutputs, and with forward=."""
+    from lfssd_tutorial.training import evaluate_accuracy, predict
+
+    batches = make_batches()
+    logits, labels = predict(make_cnn(), batches)
+    for model, data, forward in [(KeywordCNN("model_output"), as_batches(batches, "labels"), None),
+                                 (KeywordCNN("tuple"), as_batches(batches, "label"), None),
+                                 (TwoInputs(), [(y, x) for x, y in batches], forward_two_inputs)]:
+        got_logits, got_labels = predict(model, data, forward=forward)
+        torch.testing.assert_close(got_logits, logits)
+        assert torch.equal(got_labels, labels)
+    assert predict(KeywordCNN("dict"), as_batches(batches, "unlabelled"))[1] is None
+    assert evaluate_accuracy(KeywordCNN("list"), as_batches(batches, "labels")) == evaluate_accuracy(make_cnn(), batches)
