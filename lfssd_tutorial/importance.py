@@ -144,9 +144,9 @@ def compute_importance(
 ) -> Importance:
     """Estimate one importance value per parameter element over the data in ``loader``.
 
-    Under an initialised :mod:`torch.distributed` process group every process passes its
-    own share of the data, and every process returns the importance over all of it
-    (:mod:`lfssd_tutorial.distributed`).
+    Under an initialised :mod:`torch.distributed` process group every process of the group
+    must call it, each with its own share of the data, and every process returns the
+    importance over all of it (:mod:`lfssd_tutorial.distributed`).
 
     Args:
         model: the trained network. It is run in eval mode (BatchNorm uses its running
