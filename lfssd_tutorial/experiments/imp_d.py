@@ -33,14 +33,9 @@ from ..importance import compute_importance
 from ..unlearn import objective_for
 from .build import load_data, loader_options, model_factory, uses_channels_last
 from .config import ExperimentConfig
-from .runner import training_id
+from .runner import original_checkpoint
 
-__all__ = ["original_checkpoint", "run_importance"]
-
-
-def original_checkpoint(config: ExperimentConfig, out_dir: str, seed: int) -> str:
-    """Where :func:`~lfssd_tutorial.experiments.run_train` keeps the original model of ``seed``."""
-    return os.path.join(out_dir, "checkpoints", f"original-{training_id(config)}-seed{seed}.pt")
+__all__ = ["run_importance"]
 
 
 def run_importance(
@@ -71,7 +66,7 @@ def run_importance(
         method: ``"lfssd"``, ``"ssd"`` or ``"ssd_true_fisher"`` (its importance objective).
         granularity: ``"sample"`` or ``"batch"``.
         label_samples: ``"ssd_true_fisher"``'s label draws (``None``: exact).
-        checkpoint: the model's ``state_dict`` file; by default :func:`original_checkpoint`.
+        checkpoint: the model's ``state_dict`` file; by default :func:`~lfssd_tutorial.experiments.runner.original_checkpoint`.
         device: by default the process's GPU (``LOCAL_RANK``) when CUDA is present, else the CPU.
         backend: the process group's backend, when one is started here.
         progress: show a progress bar (rank 0).

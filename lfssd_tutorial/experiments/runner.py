@@ -47,7 +47,7 @@ from .config import ExperimentConfig, MethodSpec
 from .report import plot_sweep
 from .store import append_record, file_slug, load_or_train, peak_rss_mb, read_results
 
-__all__ = ["training_id", "cell_key", "cell_seed", "ForgetRequest", "forget_request", "run_train", "run_forget", "run_sweep"]
+__all__ = ["training_id", "original_checkpoint", "cell_key", "cell_seed", "ForgetRequest", "forget_request", "run_train", "run_forget", "run_sweep"]
 
 
 def training_id(config: ExperimentConfig) -> str:
@@ -62,6 +62,16 @@ def training_id(config: ExperimentConfig) -> str:
             if k not in ("root", "num_workers", "validation") and not (k == "device_batches" and not v)}
     blob = json.dumps({"data": data, "model": asdict(config.model), "train": asdict(config.train)}, sort_keys=True, default=list)
     return f"{zlib.crc32(blob.encode()):08x}"
+
+
+def original_checkpoint(config: ExperimentConfig, out_dir: str, seed: int) -> str:
+    """Where :func:`run_train` keeps the original model of ``seed`` in ``out_dir``."""
+    return os.path.join(out_dir, "checkpoints", original_file(config, seed))
+
+
+def original_file(config: ExperimentConfig, seed: int) -> str:
+    """The file name of the original model of ``seed`` (its checkpoint folder aside)."""
+    return f"original-{training_id(config)}-seed{seed}.pt"
 
 
 def cell_key(config: ExperimentConfig, target, label: str, seed: int) -> str:
@@ -204,7 +214,7 @@ class _Experiment:
             return train_model(model, loader, c.train, device=self.device, progress=self.progress)
 
         model_info = self._trained(
-            f"original-{training_id(c)}-seed{seed}.pt", train_fn, self._meta("original", seed),
+            original_file(c, seed), train_fn, self._meta("original", seed),
             lambda m: {"test_accuracy": evaluate_accuracy(m, test_loader, device=self.device)},
         )
         if self.ckpt_dir is None:
