@@ -260,4 +260,30 @@ def test_committed_training_sidecars_match_their_configs():
             info = json.load(f)
         assert info["config"]["model"] == {"name": "resnet9", "width": 16, "pretrained": True, "options": {}}
         if info["kind"] == "original":
-            assert info["test_accuracy"] >= 80.0  # the issue's bar for a well-trained model
+            assert info["test_accuracy"] >= 80.0  # the bar of this run for a well-trained model
+
+
+def test_committed_checkpoints_load_into_the_configs_model():
+    """The CPU run's committed models are state_dicts of the config's ResNet-9, each with its
+    sidecar, and a model trained again gives the accuracy the first run recorded."""
+    import json
+    import os
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "cifar10-resnet9-cpu")
+    folder = os.path.join(root, "checkpoints")
+    models = sorted(n for n in os.listdir(folder) if n.endswith(".pt")) if os.path.isdir(folder) else []
+    if not models:
+        pytest.skip("no committed checkpoint")
+    config = E.load_config(os.path.join(root, "..", "..", "configs", "cifar10_cpu_resnet9_full_class.yaml"))
+    model = build_model(config.model.name, 10, width=config.model.width)
+    for name in models:
+        state = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)  # raises on a missing, extra or misshapen tensor
+        with open(os.path.join(folder, name + ".json")) as f:
+            info = json.load(f)
+        first = os.path.join(root, "trainings", name + ".json")
+        if os.path.exists(first):
+            with open(first) as f:
+                recorded = json.load(f)
+            for key in ("test_accuracy", "acc_retain", "acc_forget"):
+                assert info.get(key) == recorded.get(key), (name, key)

@@ -8,8 +8,8 @@
 # images, ResNet-9 width 16, 8 epochs). Two workers (a, b) with one torch thread each (the machine
 # has two cores) share the trainings and then the cells; each worker's cells need only models it
 # trained itself, or (worker b's random-forgetting cells of seed 0) one that worker a trains early.
-# The trained models are checkpoints under OUT/checkpoints (not committed; their JSON sidecars,
-# with wall time and accuracies, are); every finished cell is appended to OUT/results.jsonl under
+# The trained models are checkpoints under OUT/checkpoints with JSON sidecars (wall time,
+# accuracies), committed as they finish; every finished cell is appended to OUT/results.jsonl under
 # a file lock, and any phase can be rerun to resume.
 set -euo pipefail
 DATA_ROOT=${1:?usage: $0 DATA_ROOT [all|train|forget] [a|b|both]}
