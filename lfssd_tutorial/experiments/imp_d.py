@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ..distributed import BatchShards, init_from_env, process_rank, world_size
-from .. import save_importance
+from ..importance_file import save_importance
 from ..importance import compute_importance
 from ..unlearn import objective_for
 from .build import load_data, loader_options, model_factory, uses_channels_last
