@@ -83,6 +83,8 @@ def _forget(argv: list[str]) -> int:
                                      description="Run every method of a config on its scenario; each cell is appended to <out>/results.jsonl as it finishes, and finished cells are skipped on restart.")
     _common(parser)
     parser.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="PATTERN",
+                        help="run only the rows whose label matches one of these shell patterns, e.g. 'LFSSD*' Retrain")
     parser.add_argument("--report", action="store_true", help="write the report when done")
     args = parser.parse_args(argv)
     config, out = _setup(args)
@@ -91,7 +93,8 @@ def _forget(argv: list[str]) -> int:
         extra = f" selected={r['selected']} max_ratio={r['max_ratio'] if r['max_ratio'] is None else round(r['max_ratio'], 2)}" if "selected" in r else ""
         print(f"seed={r['seed']} {r['target']:<16} {r['label']:<28} Acc(D_r)={r['acc_retain']:6.2f} Acc(D_f)={r['acc_forget']:6.2f} MIA={r['mia']:6.2f}{extra}", flush=True)
 
-    records = run_forget(config, out_dir=out, device=args.device, progress=not args.no_progress, seeds=args.seeds, max_cells=args.max_cells, on_cell=show)
+    records = run_forget(config, out_dir=out, device=args.device, progress=not args.no_progress, seeds=args.seeds, max_cells=args.max_cells,
+                         methods=args.methods, on_cell=show)
     print(f"{len(records)} cells in {out}/results.jsonl")
     if args.report:
         from .experiments import write_report

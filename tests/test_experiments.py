@@ -188,6 +188,20 @@ def test_interrupted_run_resumes_to_the_identical_results_file(tmp_path):
     assert len(E.read_results(resumed / "timings.jsonl")) == total
 
 
+def test_methods_filter_runs_chosen_rows_first_and_the_rest_gives_the_same_cells(tmp_path):
+    cfg = _digits_cfg(seeds=(0,))
+    clean = tmp_path / "clean"
+    E.run_forget(cfg, out_dir=str(clean), device="cpu")
+    parts = tmp_path / "parts"
+    first = E.run_forget(cfg, out_dir=str(parts), device="cpu", methods=["*SSD*", "Original"])
+    assert sorted({r["label"] for r in first}) == ["LFSSD (alpha=10)", "Original", "SSD (alpha=10)"]
+    E.run_forget(cfg, out_dir=str(parts), device="cpu")
+    by_key = lambda path: {r["key"]: r for r in E.read_results(path / "results.jsonl")}
+    assert by_key(parts) == by_key(clean)
+    with pytest.raises(ValueError, match="match no row"):
+        E.run_forget(cfg, out_dir=str(parts), device="cpu", methods=["Finetune"])
+
+
 def test_checkpoints_are_state_dicts_with_a_sidecar(tmp_path):
     cfg = _digits_cfg(seeds=(0,))
     E.run_train(cfg, out_dir=str(tmp_path), device="cpu")

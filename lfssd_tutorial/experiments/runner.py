@@ -19,6 +19,7 @@ as a :class:`ForgetRequest`, in memory, for code that works with one request at 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -369,14 +370,22 @@ def run_forget(
     progress: bool = False,
     seeds: Sequence[int] | None = None,
     max_cells: int | None = None,
+    methods: Sequence[str] | None = None,
     on_cell: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Run every missing cell of the grid; return all records of the results file.
 
     Cells already in ``out_dir/results.jsonl`` are skipped. ``max_cells`` stops after
-    that many new cells (the rest are left for a later run); ``on_cell`` is called with
-    each new record after it is written.
+    that many new cells (the rest are left for a later run); ``methods`` runs only the rows
+    whose label matches one of these shell patterns (``"LFSSD*"``, ``"Retrain"``), so cheap
+    rows can run first; ``on_cell`` is called with each new record after it is written.
     """
+    rows = list(zip(config.methods, config.labels()))
+    if methods is not None:
+        rows = [(spec, label) for spec, label in rows if any(fnmatch.fnmatchcase(label, p) for p in methods)]
+        unmatched = [p for p in methods if not any(fnmatch.fnmatchcase(label, p) for label in config.labels())]
+        if unmatched:
+            raise ValueError(f"methods {unmatched} match no row of config {config.name!r}; its rows are {config.labels()}")
     device = resolve_device(device)
     os.makedirs(out_dir, exist_ok=True)
     results_path = os.path.join(out_dir, "results.jsonl")
@@ -386,7 +395,7 @@ def run_forget(
     new = 0
     for seed in seeds if seeds is not None else config.seeds:
         for target in config.scenario.target_list():
-            for spec, label in zip(config.methods, config.labels()):
+            for spec, label in rows:
                 key = cell_key(config, target, label, seed)
                 if key in done:
                     continue

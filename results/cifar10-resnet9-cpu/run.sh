@@ -45,17 +45,33 @@ train_b() {
   run train --config $RAND --seeds 1
   run train --config $RAND --seeds 2
 }
+# The forget phase runs the rows in order of cost, so that a partial run has the cells that
+# matter most: first the baselines that cost seconds and the batch-granularity dampening rows, then
+# the alpha x lambda sweeps, then the per-sample rows (one Imp_D pass per seed and method, kept in
+# OUT/checkpoints and shared by both configs), then Finetune and Amnesiac (5 and 3 minutes a cell).
+CHEAP=(Original Retrain UNSIR 'Bad Teacher' 'SSD (*' 'LFSSD (*' 'SSD-true-Fisher (*')
+SAMPLE=('*-sample (*')
+COSTLY=(Finetune Amnesiac)
+rows() {  # rows CONFIG SEEDS PATTERN...: those rows of the config for those seeds ("0 2")
+  local cfg=$1 seeds=$2; shift 2
+  run forget --config "$cfg" --seeds $seeds --methods "$@"
+}
 forget_a() {
-  run forget --config $FULL --seeds 0
-  run forget --config $FULL --seeds 2
+  rows $FULL "0 2" "${CHEAP[@]}"
+  sweeps $FULL 0 automobile cat
   sweeps $FULL 2 automobile cat
+  rows $FULL "0 2" "${SAMPLE[@]}"
+  rows $FULL "0 2" "${COSTLY[@]}"
 }
 forget_b() {
-  run forget --config $FULL --seeds 1
-  run forget --config $RAND --seeds 1 2 0
+  rows $FULL 1 "${CHEAP[@]}"
+  rows $RAND "0 1 2" "${CHEAP[@]}"
   sweeps $FULL 1 automobile cat
-  sweeps $FULL 0 automobile cat
   for seed in 0 1 2; do sweeps $RAND $seed $RANDOM_TARGET; done
+  rows $FULL 1 "${SAMPLE[@]}"
+  rows $RAND "0 1 2" "${SAMPLE[@]}"
+  rows $FULL 1 "${COSTLY[@]}"
+  rows $RAND "0 1 2" "${COSTLY[@]}"
 }
 worker() {  # worker a|b: its trainings, then its cells and sweeps
   local w=$1
