@@ -72,3 +72,11 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="increasing"):
         plot_ratio_histogram(np.array([1.0, 2.0]), zoom=(3.0, 3.0))
     plt.close("all")
+
+
+def test_every_method_has_its_own_colour():
+    from lfssd_tutorial.methods import METHODS
+    from lfssd_tutorial.plots import METHOD_COLOURS
+
+    assert set(METHOD_COLOURS) == set(METHODS)
+    assert len(set(METHOD_COLOURS.values())) == len(METHOD_COLOURS)
