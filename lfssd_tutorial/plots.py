@@ -16,11 +16,11 @@ import torch
 #: The widest figure the book shows at full size, in inches.
 BOOK_WIDTH = 7.5
 
-#: One colour per method, the same in every figure of the book that compares methods: the
-#: reference models in grey (original) and black (retrained; olive for the authors' head-only
-#: retrain), the training baselines in
-#: green, red, purple and brown, and the dampening methods in blue (SSD), orange (LFSSD) and
-#: pink (SSD on the true Fisher). Keyed by the package's method names.
+#: One colour per method, the same in every figure of the book that compares methods:
+#: the reference models in grey (original) and black (retrained; olive for the authors'
+#: head-only retrain), the training baselines in green, red, purple and brown, and the
+#: dampening methods in blue (SSD), orange (LFSSD) and pink (SSD on the true Fisher).
+#: Keyed by the package's method names.
 METHOD_COLOURS = {
     "original": "tab:gray",
     "retrain": "black",
