@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..plots import BOOK_WIDTH
+from ..plots import BOOK_WIDTH, METHOD_COLOURS
 from ..utils import atomic_write_text
 from .store import file_slug, read_results
 
@@ -144,7 +144,7 @@ def plot_summary(rows: Sequence[Mapping], out_dir: str) -> list[str]:
         fig, axes = plt.subplots(1, 3, figsize=(BOOK_WIDTH, 1.3 + 0.24 * len(block)), sharey=True)
         y = np.arange(len(block))
         retrain = next((r for r in block if r["method"] == "retrain"), None)
-        colors = ["tab:gray" if r["method"] in ("original", "retrain") else ("tab:blue" if r["method"] in ("ssd", "ssd_true_fisher", "lfssd") else "tab:orange") for r in block]
+        colors = [METHOD_COLOURS[r["method"]] for r in block]
         for ax, (key, title) in zip(axes, METRICS):
             means = [r[f"{key}_mean"] for r in block]
             sds = [r[f"{key}_sd"] for r in block]

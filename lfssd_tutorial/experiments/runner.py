@@ -48,7 +48,7 @@ from .config import ExperimentConfig, MethodSpec
 from .report import plot_sweep
 from .store import append_record, file_slug, load_or_train, peak_rss_mb, read_results
 
-__all__ = ["training_id", "original_checkpoint", "cell_key", "cell_seed", "ForgetRequest", "forget_request", "run_train", "run_forget", "run_sweep"]
+__all__ = ["training_id", "original_checkpoint", "original_file", "cell_key", "cell_seed", "ForgetRequest", "forget_request", "run_train", "run_forget", "run_sweep"]
 
 
 def training_id(config: ExperimentConfig) -> str:
