@@ -149,6 +149,7 @@ def plot_ratio_histogram(
     zoom_ax=None,
     zoom: tuple[float, float] | None = None,
     title: str | None = None,
+    colour: str = "0.55",
 ):
     """Histogram of the importance ratios ``Imp_Df / Imp_D`` with the alpha thresholds.
 
@@ -173,6 +174,10 @@ def plot_ratio_histogram(
         zoom: the zoom's ratio range ``(low, high)``; by default from 0.9 times the
             smaller to 1.02 times the larger of the largest ratio and ``bound``.
         title: title of the log panel.
+        colour: colour of the bars, e.g. the method's from :data:`METHOD_COLOURS` where
+            figures compare methods. The lines keep one colour each in every ratio
+            histogram: the largest ratio black, the bound dotted black, the published
+            alpha red, and the marked alphas dashed in colours no method has.
 
     Returns:
         ``(ax, zoom_ax)``; ``zoom_ax`` is ``None`` when no zoom was drawn.
@@ -193,7 +198,7 @@ def plot_ratio_histogram(
     ax = _axes(ax)
     largest = r.max()
     lines = [(largest, dict(color="black", linewidth=1.2), f"largest ratio = {largest:.2f}")]
-    colours = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:cyan"]
+    colours = ["tab:cyan", "goldenrod", "darkmagenta"]  # none of them a method's colour
     for k, a in enumerate(alphas):
         lines.append((a, dict(color=colours[k % len(colours)], linestyle="--"),
                       f"$\\alpha$ = {a:g}: {int((r > a).sum()):,} selected"))
@@ -204,7 +209,7 @@ def plot_ratio_histogram(
         lines.append((bound, dict(color="black", linestyle=":", linewidth=1.5), f"{bound_label} = {bound:.2f}"))
 
     hi = max(x for x, _, _ in lines) * 1.3
-    counts, _, _ = ax.hist(r, bins=np.logspace(np.log10(r.min()), np.log10(hi), bins + 1), color="0.55")
+    counts, _, _ = ax.hist(r, bins=np.logspace(np.log10(r.min()), np.log10(hi), bins + 1), color=colour)
     ax.set_xscale("log")
     ax.set_yscale("log")
     # The bars fill the lower 55% of the log axis, and the legend the space above them.
@@ -221,7 +226,7 @@ def plot_ratio_histogram(
         return ax, None
     ceiling = [largest, *([bound] if bound else [])]
     low, high = zoom if zoom is not None else (0.9 * min(ceiling), 1.02 * max(ceiling))
-    zoom_ax.hist(r[(r >= low) & (r <= high)], bins=np.linspace(low, high, bins // 2 + 1), color="0.55")
+    zoom_ax.hist(r[(r >= low) & (r <= high)], bins=np.linspace(low, high, bins // 2 + 1), color=colour)
     for x, style, label in lines:
         if low <= x <= high:
             zoom_ax.axvline(x, **style)
@@ -232,7 +237,9 @@ def plot_ratio_histogram(
     return ax, zoom_ax
 
 
-def plot_selection_per_layer(reports, *, ax=None, title: str | None = None, fraction: bool = True):
+def plot_selection_per_layer(
+    reports, *, ax=None, title: str | None = None, fraction: bool = True, colours: Sequence | None = None
+):
     """Bar chart of how many weights each parameter tensor had selected.
 
     Args:
@@ -242,6 +249,8 @@ def plot_selection_per_layer(reports, *, ax=None, title: str | None = None, frac
         title: axes title.
         fraction: plot the percentage of each tensor's elements (default) rather than
             the count.
+        colours: one matplotlib colour per report, e.g. shades of the method's colour
+            from :data:`METHOD_COLOURS`; matplotlib's colour cycle by default.
 
     Returns:
         The axes.
@@ -252,6 +261,8 @@ def plot_selection_per_layer(reports, *, ax=None, title: str | None = None, frac
         reports = {f"alpha = {reports.alpha:g}": reports}
     reports = dict(reports)
     names = list(next(iter(reports.values())).numel)
+    if colours is not None and len(colours) != len(reports):
+        raise ValueError(f"give one colour per report: {len(colours)} colours for {len(reports)} reports")
     ax = _axes(ax, figsize=(7.5, 3.6))
     width = 0.8 / len(reports)
     x = np.arange(len(names))
@@ -259,7 +270,8 @@ def plot_selection_per_layer(reports, *, ax=None, title: str | None = None, frac
         values = [
             100.0 * report.selected[n] / max(report.numel[n], 1) if fraction else report.selected[n] for n in names
         ]
-        ax.bar(x + (k - (len(reports) - 1) / 2) * width, values, width, label=label)
+        colour = colours[k] if colours is not None else None
+        ax.bar(x + (k - (len(reports) - 1) / 2) * width, values, width, label=label, color=colour)
     ax.set_xticks(x)
     ax.set_xticklabels([f"{n}\n({next(iter(reports.values())).numel[n]:,})" for n in names], rotation=60,
                        ha="right", fontsize=7)
