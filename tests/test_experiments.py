@@ -329,3 +329,17 @@ def test_load_config_reads_json_and_yaml(tmp_path):
     (tmp_path / "c.yaml").write_text("name: [unclosed\n")
     with pytest.raises(E.ConfigError, match="^config"):
         E.load_config(tmp_path / "c.yaml")
+
+
+def test_forget_request_reuses_the_checkpoints_of_an_output_folder(tmp_path):
+    cfg = _digits_cfg(seeds=(0,))
+    E.run_train(cfg, out_dir=str(tmp_path), device="cpu")
+    saved = torch.load(E.original_checkpoint(cfg, str(tmp_path), 0), weights_only=True)
+    with torch.no_grad():  # mark the stored original, so that a retrained copy could not match it
+        saved = {k: v + 1 if v.is_floating_point() else v for k, v in saved.items()}
+    torch.save(saved, E.original_checkpoint(cfg, str(tmp_path), 0))
+    request = E.forget_request(cfg, seed=0, device="cpu", out_dir=str(tmp_path))
+    loaded = request.original.state_dict()
+    assert all(torch.equal(loaded[k].cpu(), saved[k]) for k in saved)
+    in_memory = E.forget_request(cfg, seed=0, device="cpu").original.state_dict()
+    assert not all(torch.equal(in_memory[k].cpu(), saved[k]) for k in saved)

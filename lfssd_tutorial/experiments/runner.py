@@ -321,16 +321,19 @@ class ForgetRequest:
 
 
 def forget_request(config: ExperimentConfig, *, seed: int | None = None, target=None, device=None,
-                   progress: bool = False) -> ForgetRequest:
-    """The forget request of ``config`` for one training ``seed`` and ``target``, in memory.
+                   progress: bool = False, out_dir: str | None = None) -> ForgetRequest:
+    """The forget request of ``config`` for one training ``seed`` and ``target``.
 
     ``seed`` defaults to the config's first training seed, ``target`` to its first target.
-    Trains the original model as :func:`run_forget` does (no checkpoint is written).
+    Without ``out_dir`` the original model is trained in memory as :func:`run_forget` trains
+    it (no checkpoint is written). With ``out_dir``, the models are the checkpoints
+    :func:`run_train` keeps there (trained and written when missing), so a committed run's
+    models are reused.
     """
     device = resolve_device(device)
     seed = config.seeds[0] if seed is None else seed
     target = config.scenario.target_list()[0] if target is None else str(target)
-    experiment = _Experiment(config, None, device, progress)
+    experiment = _Experiment(config, out_dir, device, progress)
     original, _ = experiment.original(seed)
     return ForgetRequest(config=config, seed=seed, target=target, data=experiment.eval_data, split=experiment.split(target),
                          loaders=experiment.loaders(target, seed), original=original, make_model=experiment.factory,
