@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ def unlearn(
     full_loader: Iterable | None = None,
     full_importance: Mapping[str, torch.Tensor] | None = None,
     alpha: float | str = 10.0,
-    lambda_: float = 1.0,
+    lambda_: float | Sequence[float] = 1.0,
     retain_loader: Iterable | None = None,
     granularity: str = "batch",
     inplace: bool = False,
@@ -72,7 +72,9 @@ def unlearn(
             ``retain_loader``; the choice is ``report.calibration``). 10 is the authors'
             published ResNet18 setting; it can exceed the largest importance ratio and
             select nothing, in which case the report says so and a warning is raised.
-        lambda_: dampening constant (``>= 0``).
+        lambda_: dampening constant (``>= 0``). With ``alpha="auto"`` it may be a sequence
+            of candidate constants: the calibration then chooses ``lambda_`` too, and the
+            dampening uses the chosen one (``report.lambda_``).
         retain_loader: with ``alpha="auto"``, a small sample of retained inputs (labels,
             if any, are ignored).
         granularity: ``"batch"`` (the authors' estimator) or ``"sample"``.
@@ -106,8 +108,11 @@ def unlearn(
         check_choice("alpha", alpha, ["auto"])
         if retain_loader is None:
             raise ValueError('alpha="auto" needs retain_loader: a small sample of retained inputs to calibrate on')
-        check_hyperparameters(1.0, lambda_)
+        if isinstance(lambda_, (int, float)):
+            check_hyperparameters(1.0, lambda_)
     else:
+        if isinstance(lambda_, (list, tuple)):
+            raise ValueError('several lambda_ values are only used with alpha="auto", which chooses among them')
         check_hyperparameters(alpha, lambda_)
         if retain_loader is not None:
             raise ValueError('retain_loader is only used with alpha="auto"')
@@ -132,7 +137,7 @@ def unlearn(
     if auto:
         choice = calibrate_alpha(target, full_importance, forget_importance, forget_loader, retain_loader,
                                  lambda_=lambda_, device=device, progress=progress, warn=warn, forward=forward)
-        alpha = choice.alpha
+        alpha, lambda_ = choice.alpha, choice.lambda_
     report = select_and_dampen_(target, full_importance, forget_importance, alpha=alpha, lambda_=lambda_, warn=False)
     report.calibration = choice
     if warn:

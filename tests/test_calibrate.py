@@ -71,7 +71,44 @@ def test_the_clearly_right_alpha_is_chosen():
     assert by_alpha[4].selected == 1
     assert by_alpha[2.5].selected == 3 and by_alpha[2.5].retain_agreement == 0.5 and not by_alpha[2.5].admissible
     assert choice.max_ratio == pytest.approx(8.0) and choice.forget_concentration == 1.0
-    assert "largest alpha" in choice.reason and len(choice.rows()) == 5
+    assert "smallest edit" in choice.reason and len(choice.rows()) == 5 and choice.lambda_ == 1.0
+
+
+def _lambda_case():
+    """A 3-class linear model on which only one (alpha, lambda) forgets and keeps.
+
+    Logits are ``W x`` with ``W = 5 I`` plus ``W[0, 1] = 3``. Imp_D is 1 everywhere; Imp_Df
+    is 3 on ``W[0, 0]`` and ``W[1, 1]`` and 1 elsewhere, so alpha = 2 selects those two
+    weights and multiplies both by ``beta = min(lambda / 3, 1)``. Forget inputs
+    ``e0 + 0.8 e2`` (class 0: logits 5 and 4) move to class 2 iff ``5 beta < 4``, i.e.
+    ``lambda < 2.4``; the retained input ``e1`` (class 1: logits 5 and 3) stays iff
+    ``5 beta > 3``, i.e. ``lambda > 1.8``. Of lambda in {0.5, 1, 2, 4}, only 2 does both.
+    """
+    model, full, _, _, retain_x = _linear_case()
+    forget_imp = torch.ones(3, 3)
+    forget_imp[0, 0], forget_imp[1, 1] = 3.0, 3.0
+    forget_x = torch.tensor([1.0, 0.0, 0.8]).repeat(6, 1)
+    return model, full, {"weight": forget_imp}, forget_x, retain_x
+
+
+def test_the_clearly_right_alpha_and_lambda_are_chosen():
+    model, full, forget, fx, rx = _lambda_case()
+    loaders = _loaders(fx, rx, "none")
+    choice = lf.calibrate_alpha(model, full, forget, *loaders, lambda_=[0.5, 1.0, 2.0, 4.0], candidates=[5.0, 2.0])
+    assert (choice.alpha, choice.lambda_) == (2.0, 2.0) and choice.warning is None
+    assert [(c.alpha, c.lambda_) for c in choice.candidates] == [(a, lam) for lam in (0.5, 1, 2, 4) for a in (5, 2)]
+    by_pair = {(c.alpha, c.lambda_): c for c in choice.candidates}
+    for lam in (0.5, 1.0):  # forgets, but breaks the retained e1
+        assert by_pair[(2.0, lam)].forget_agreement == 0.0 and by_pair[(2.0, lam)].retain_agreement == 0.5
+        assert not by_pair[(2.0, lam)].admissible
+    assert by_pair[(2.0, 2.0)].forget_agreement == 0.0 and by_pair[(2.0, 2.0)].retain_agreement == 1.0
+    assert by_pair[(2.0, 4.0)].admissible and by_pair[(2.0, 4.0)].forget_agreement == 1.0  # beta = 1: no change
+    assert all(by_pair[(5.0, lam)].selected == 0 for lam in (0.5, 1, 2, 4))
+    assert "lambda=2" in str(choice)
+    # with lambda = 1 alone there is no good candidate, and the calibration says so
+    with pytest.warns(lf.CalibrationWarning, match="no candidate kept"):
+        alone = lf.calibrate_alpha(model, full, forget, *loaders, candidates=[5.0, 2.0])
+    assert alone.lambda_ == 1.0 and alone.rows() == [r for r in choice.rows() if r["lambda_"] == 1.0]
 
 
 def test_default_candidates_double_the_selection():
@@ -84,16 +121,23 @@ def test_default_candidates_double_the_selection():
     ramp = {"w": torch.ones(100)}, {"w": torch.arange(100.0)}
     alphas = default_candidates(*ramp)
     assert alphas == [98.0, 97.0, 95.0, 91.0, 83.0, 67.0]  # select 1, 2, 4, 8, 16, 32 weights
+    # growth sqrt(2): int(sqrt(2)**k) = 1, 1, 2, 2, 4, 5, 8, 11, 16, 22, 32, 45 weights, repeats dropped
+    finer = default_candidates(*ramp, growth=2 ** 0.5)
+    assert finer == [99.0 - n for n in (1, 2, 4, 5, 8, 11, 16, 22, 32, 45)]
+    with pytest.raises(ValueError, match="growth must be > 1"):
+        default_candidates(*ramp, growth=1.0)
     with pytest.raises(ValueError, match="no weight has a positive"):
         default_candidates({"w": torch.ones(3)}, {"w": torch.zeros(3)})
 
 
 @pytest.mark.parametrize("labels", ["correct", "shuffled"])
-def test_labels_are_ignored(labels):
-    model, full, forget, fx, rx = _linear_case()
-    bare = lf.calibrate_alpha(model, full, forget, *_loaders(fx, rx, "none"), candidates=[10, 6, 4, 2.5, 1.1])
-    labelled = lf.calibrate_alpha(model, full, forget, *_loaders(fx, rx, labels), candidates=[10, 6, 4, 2.5, 1.1])
-    assert labelled.alpha == bare.alpha
+@pytest.mark.parametrize("case", [_linear_case, _lambda_case])
+def test_labels_are_ignored(labels, case):
+    model, full, forget, fx, rx = case()
+    options = dict(candidates=[10, 6, 4, 2.5, 2, 1.1], lambda_=[0.5, 1, 2, 4])
+    bare = lf.calibrate_alpha(model, full, forget, *_loaders(fx, rx, "none"), **options)
+    labelled = lf.calibrate_alpha(model, full, forget, *_loaders(fx, rx, labels), **options)
+    assert (labelled.alpha, labelled.lambda_) == (bare.alpha, bare.lambda_)
     assert labelled.rows() == bare.rows()
 
 
@@ -101,7 +145,7 @@ def test_the_model_is_left_unchanged():
     model, full, forget, fx, rx = _linear_case()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    lf.calibrate_alpha(model, full, forget, *_loaders(fx, rx, "none"), candidates=[6, 2.5])
+    lf.calibrate_alpha(model, full, forget, *_loaders(fx, rx, "none"), candidates=[6, 2.5], lambda_=(0.5, 2))
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
@@ -125,6 +169,14 @@ def test_bad_input_gets_a_clear_error():
         lf.calibrate_alpha(model, full, forget, f_loader, r_loader, candidates=[6, -1])
     with pytest.raises(ValueError, match="retain_tolerance"):
         lf.calibrate_alpha(model, full, forget, f_loader, r_loader, retain_tolerance=2)
+    with pytest.raises(ValueError, match="lambda_ is an empty sequence"):
+        lf.calibrate_alpha(model, full, forget, f_loader, r_loader, lambda_=[])
+    with pytest.raises(ValueError, match="lambda_"):
+        lf.calibrate_alpha(model, full, forget, f_loader, r_loader, lambda_=[1.0, -0.5])
+    with pytest.raises(ValueError, match="lambda_ must be a number"):
+        lf.calibrate_alpha(model, full, forget, f_loader, r_loader, lambda_="1")
+    with pytest.raises(ValueError, match="growth"):
+        lf.calibrate_alpha(model, full, forget, f_loader, r_loader, growth=0.5)
 
 
 def test_a_forget_set_spread_over_classes_is_refused():
@@ -176,6 +228,26 @@ def test_unlearn_auto_runs_the_calibration(small_digits_model):
         lf.unlearn(model, loaders["forget"], full_importance=full, alpha=5.0, retain_loader=loaders["retain_sample"])
     with pytest.raises(ValueError, match="alpha"):
         lf.unlearn(model, loaders["forget"], full_importance=full, alpha="best", retain_loader=loaders["retain_sample"])
+    with pytest.raises(ValueError, match='only used with alpha="auto"'):
+        lf.unlearn(model, loaders["forget"], full_importance=full, alpha=5.0, lambda_=[0.5, 1.0])
+
+
+def test_unlearn_auto_chooses_lambda_and_uses_it(small_digits_model):
+    model, loaders = small_digits_model
+    full = lf.compute_importance(model, loaders["full"], objective="l2")
+    forget = lf.compute_importance(model, loaders["forget"], objective="l2")
+    lambdas = (0.5, 1.0, 2.0)
+    direct = lf.calibrate_alpha(model, full, forget, loaders["forget"], loaders["retain_sample"], lambda_=lambdas,
+                                warn=False)
+    assert {c.lambda_ for c in direct.candidates} == set(lambdas)
+    unlearned, report = lf.unlearn(model, loaders["forget"], method="lfssd", full_importance=full, alpha="auto",
+                                   lambda_=lambdas, retain_loader=loaders["retain_sample"], warn=False)
+    assert (report.alpha, report.lambda_) == (direct.alpha, direct.lambda_)
+    assert report.calibration.rows() == direct.rows()
+    expected, _ = lf.unlearn(model, loaders["forget"], method="lfssd", full_importance=full, alpha=direct.alpha,
+                             lambda_=direct.lambda_, warn=False)
+    for (k, a), b in zip(unlearned.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(a, b), k
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lf.unlearn(model, loaders["forget"], method="ssd", full_importance=lf.compute_importance(model, loaders["full"], objective="fisher"),
