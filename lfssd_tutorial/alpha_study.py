@@ -4,9 +4,11 @@ For each forget request (a training seed and a forget target of an experiment co
 each method (SSD, LFSSD), :func:`run_alpha_study` computes ``Imp_D`` and ``Imp_Df`` once,
 then dampens a copy of the original model
 
-* at the alpha :func:`~lfssd_tutorial.calibrate_alpha` chooses, from predictions only, on
-  ``D_f`` and a sample of retained *training* inputs;
-* at every alpha of a fixed grid (which holds the published alpha = 10),
+* at the alpha and lambda :func:`~lfssd_tutorial.calibrate_alpha` chooses, from
+  predictions only, on ``D_f`` and a sample of retained *training* inputs, among the
+  candidate lambdas ``calibration_lambdas`` and the alphas spaced by ``growth`` in number
+  of selected weights;
+* at every alpha of a fixed grid (which holds the published alpha = 10), at ``lambda_``,
 
 and measures Acc(D_r) and Acc(D_f) on two disjoint halves of the test set, stratified by
 class: the *validation* half, on which a fixed alpha may be chosen with labels, and the
@@ -37,12 +39,17 @@ from .sweep import dampen_copy
 from .unlearn import objective_for
 from .utils import progress as progress_bar
 
-__all__ = ["FIXED_ALPHAS", "PUBLISHED_ALPHA", "run_alpha_study", "succeeds", "summarise_study"]
+__all__ = ["CALIBRATION_GROWTH", "CALIBRATION_LAMBDAS", "FIXED_ALPHAS", "PUBLISHED_ALPHA", "run_alpha_study",
+           "succeeds", "summarise_study"]
 
 #: The fixed alphas of the study.
 FIXED_ALPHAS = (1.5, 2.0, 3.0, 5.0, 7.0, 10.0)
 #: The alpha the papers publish for SSD and LFSSD on ResNet18.
 PUBLISHED_ALPHA = 10.0
+#: The lambdas the calibration chooses among (chosen on development seeds, chapter 7).
+CALIBRATION_LAMBDAS = (0.5, 1.0, 2.0)
+#: The spacing of the calibration's alphas in number of selected weights.
+CALIBRATION_GROWTH = 2 ** 0.5
 
 
 def run_alpha_study(
@@ -54,19 +61,23 @@ def run_alpha_study(
     fixed_alphas: Sequence[float] = FIXED_ALPHAS,
     retain_sample: int = 256,
     lambda_: float = 1.0,
+    calibration_lambdas: Sequence[float] = CALIBRATION_LAMBDAS,
+    growth: float = CALIBRATION_GROWTH,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> list[dict]:
     """Run the study on ``config``'s requests for ``seeds`` x ``targets``; return its records.
 
     ``targets`` defaults to the config's. The calibration's retained sample is
-    ``retain_sample`` training inputs of ``D_r``, drawn with the training seed. Records:
+    ``retain_sample`` training inputs of ``D_r``, drawn with the training seed; it chooses
+    among ``calibration_lambdas`` (pass ``(1.0,)`` to fix lambda) and alphas spaced by
+    ``growth``. The fixed grid is dampened at ``lambda_``. Records:
 
     * ``{"kind": "reference", "model": "original" | "retrained", ...}`` per request;
-    * ``{"kind": "fixed", "method", "alpha", "selected", ...}`` per method and grid alpha;
-    * ``{"kind": "candidate", "method", "alpha", "selected", "forget_agreement",
-      "retain_agreement", "admissible", ...}`` per method and candidate the calibration tried
-      (what it measured, and the labelled accuracies it did not see);
+    * ``{"kind": "fixed", "method", "alpha", "lambda", "selected", ...}`` per method and grid alpha;
+    * ``{"kind": "candidate", "method", "alpha", "lambda", "selected", "forget_agreement",
+      "retain_agreement", "admissible", ...}`` per method and candidate pair the calibration
+      tried (what it measured, and the labelled accuracies it did not see);
     * ``{"kind": "calibrated", ..., "warning", "max_ratio", "seconds", "importance_seconds"}``
       per method: the chosen candidate, the calibration's warning (or ``None``), the ratio
       ceiling, the calibration's wall time and that of the ``Imp_D`` pass;
@@ -100,18 +111,19 @@ def run_alpha_study(
             for alpha in fixed_alphas:
                 model, report = dampen_copy(request.original, full, forget, alpha=alpha, lambda_=lambda_)
                 records.append({**where, "kind": "fixed", "method": method, "alpha": float(alpha),
-                                "selected": report.total_selected, **evaluate(model)})
+                                "lambda": float(lambda_), "selected": report.total_selected, **evaluate(model)})
             t0 = time.perf_counter()
-            choice = calibrate_alpha(request.original, full, forget, request.loaders.forget, retain_loader, lambda_=lambda_,
-                                     device=device, warn=False)
+            choice = calibrate_alpha(request.original, full, forget, request.loaders.forget, retain_loader,
+                                     lambda_=tuple(calibration_lambdas), growth=growth, device=device, warn=False)
             seconds = time.perf_counter() - t0
             for c in choice.candidates:
-                model, _ = dampen_copy(request.original, full, forget, alpha=c.alpha, lambda_=lambda_)
-                records.append({**where, "kind": "candidate", "method": method, "alpha": c.alpha, "selected": c.selected,
-                                "forget_agreement": c.forget_agreement, "retain_agreement": c.retain_agreement,
-                                "admissible": c.admissible, **evaluate(model)})
-                if c.alpha == choice.alpha:
-                    records.append({**records[-1], "kind": "calibrated", "warning": choice.warning, "max_ratio": choice.max_ratio, "seconds": seconds,
+                model, _ = dampen_copy(request.original, full, forget, alpha=c.alpha, lambda_=c.lambda_)
+                records.append({**where, "kind": "candidate", "method": method, "alpha": c.alpha, "lambda": c.lambda_,
+                                "selected": c.selected, "forget_agreement": c.forget_agreement,
+                                "retain_agreement": c.retain_agreement, "admissible": c.admissible, **evaluate(model)})
+                if (c.alpha, c.lambda_) == (choice.alpha, choice.lambda_):
+                    records.append({**records[-1], "kind": "calibrated", "warning": choice.warning,
+                                    "max_ratio": choice.max_ratio, "seconds": seconds,
                                     "importance_seconds": importance_seconds})
     return records
 
@@ -131,7 +143,8 @@ def summarise_study(records: Iterable[dict], *, published_alpha: float = PUBLISH
     One row per method: ``requests``, and the successes (on the test half) of
     ``calibrated``, ``published`` (``published_alpha``) and ``leave_one_out`` (the fixed
     alpha with the most successes on the validation half of the other targets' requests,
-    all seeds; ties go to the larger alpha), plus the alphas leave-one-out chose.
+    all seeds; ties go to the larger alpha), plus the alphas leave-one-out chose and the
+    calibrated alphas and lambdas.
     ``any_candidate`` counts the requests where at least one of the calibration's
     candidates succeeds: the most that any rule choosing among them could reach. Keyword
     arguments go to :func:`succeeds`.
@@ -167,5 +180,6 @@ def summarise_study(records: Iterable[dict], *, published_alpha: float = PUBLISH
             "any_candidate": reachable,
             "leave_one_out_alphas": sorted(set(chosen)),
             "calibrated_alphas": [r["alpha"] for r in calibrated],
+            "calibrated_lambdas": [r["lambda"] for r in calibrated],
         })
     return rows

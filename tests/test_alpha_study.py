@@ -29,7 +29,8 @@ def test_succeeds():
 @pytest.fixture(scope="module")
 def study():
     config = digits_config(train_config=TrainConfig(epochs=3, lr=0.05, milestones=(2,)))
-    return run_alpha_study(config, seeds=[0], targets=["3", "8"], fixed_alphas=(2.0, 10.0), retain_sample=64)
+    return run_alpha_study(config, seeds=[0], targets=["3", "8"], fixed_alphas=(2.0, 10.0), retain_sample=64,
+                           calibration_lambdas=(0.5, 2.0), growth=2.0)
 
 
 def test_the_study_records_every_rule(study):
@@ -41,13 +42,17 @@ def test_the_study_records_every_rule(study):
     for method in ("ssd", "lfssd"):
         tried = [r for r in study if r["target"] == "3" and r["kind"] == "candidate" and r["method"] == method]
         (chosen,) = [r for r in study if r["target"] == "3" and r["kind"] == "calibrated" and r["method"] == method]
-        assert len(tried) >= 2 and [r["alpha"] for r in tried] == sorted((r["alpha"] for r in tried), reverse=True)
+        assert [r["lambda"] for r in tried] == sorted(r["lambda"] for r in tried) and {r["lambda"] for r in tried} == {0.5, 2.0}
+        for lam in (0.5, 2.0):  # per lambda the same alphas, largest first
+            alphas = [r["alpha"] for r in tried if r["lambda"] == lam]
+            assert len(alphas) >= 2 and alphas == sorted(alphas, reverse=True) == [r["alpha"] for r in tried if r["lambda"] == 0.5]
         assert {k: v for k, v in chosen.items() if k not in ("kind", "warning", "max_ratio", "seconds", "importance_seconds")} in [
             {k: v for k, v in r.items() if k != "kind"} for r in tried]
     for r in study:
         assert all(0 <= r[k] <= 100 for k in ("val_retain", "val_forget", "test_retain", "test_forget"))
     calibrated = [r for r in study if r["kind"] == "calibrated"]
     assert all(r["seconds"] > 0 and r["importance_seconds"] > 0 and r["alpha"] >= 1 for r in calibrated)
+    assert all(r["lambda"] == 1.0 for r in study if r["kind"] == "fixed")
 
 
 def test_the_summary_counts_successes(study):
@@ -62,6 +67,7 @@ def test_the_summary_counts_successes(study):
         assert row["calibrated"] == sum(succeeds(r, refs[(r["target"], "original")], refs[(r["target"], "retrained")]) for r in calibrated)
         assert set(row["leave_one_out_alphas"]) <= {2.0, 10.0}
         assert row["calibrated"] <= row["any_candidate"] <= row["requests"]
+        assert row["calibrated_lambdas"] == [r["lambda"] for r in calibrated] and set(row["calibrated_lambdas"]) <= {0.5, 2.0}
 
 
 def test_leave_one_out_chooses_on_the_other_targets_validation_half():
@@ -76,9 +82,10 @@ def test_leave_one_out_chooses_on_the_other_targets_validation_half():
     outcome = {("A", 2.0): good, ("B", 2.0): good, ("C", 2.0): bad_retain,
                ("A", 5.0): bad_forget, ("B", 5.0): bad_forget, ("C", 5.0): good}
     records += [{"seed": 0, "target": t, "kind": "fixed", "method": "lfssd", "alpha": a, **v} for (t, a), v in outcome.items()]
-    records += [{"seed": 0, "target": t, "kind": "calibrated", "method": "lfssd", "alpha": 3.0, **(bad_retain if t == "C" else good)}
-                for t in "ABC"]
+    records += [{"seed": 0, "target": t, "kind": "calibrated", "method": "lfssd", "alpha": 3.0, "lambda": 1.0,
+                 **(bad_retain if t == "C" else good)} for t in "ABC"]
     (row,) = summarise_study(records)
     # A and B: the others tie 1-1, the tie goes to 5, which fails them; C: 2 wins 2-0 and fails C
     assert row == {"method": "lfssd", "requests": 3, "calibrated": 2, "published": None, "leave_one_out": 0, "any_candidate": 0,
-                   "leave_one_out_alphas": [2.0, 5.0], "calibrated_alphas": [3.0, 3.0, 3.0]}
+                   "leave_one_out_alphas": [2.0, 5.0], "calibrated_alphas": [3.0, 3.0, 3.0],
+                   "calibrated_lambdas": [1.0, 1.0, 1.0]}
