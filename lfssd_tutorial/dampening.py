@@ -160,74 +160,93 @@ def select_and_dampen_(
     lambda_: float,
     warn: bool = True,
 ) -> DampeningReport:
-    """Select the weights specialised to the forget set and dampen them, in place.
+    """Select the weights specialised to the forget set and dampen them.
 
-    Per trainable parameter, with ``d = Imp_D`` and ``f = Imp_Df`` in float32::
+    Per trainable parameter, with ``d = Imp_D``, ``f = Imp_Df`` in float32::
 
         selected = f > alpha * d
         beta = min(lambda_ * d / f, 1)
-        theta <- beta * theta   where selected (the other elements are multiplied by exactly 1)
+        theta <- beta * theta   where selected (elsewhere times exactly 1)
 
     Args:
-        model: the network to edit; its trainable parameters change in place.
+        model: the network; its trainable parameters change in place.
         full_importance: ``Imp_D``, importance over the full training data.
-        forget_importance: ``Imp_Df``, importance over the forget set, same objective
-            and granularity.
-        alpha: selection weighting, ``> 0``: select where ``Imp_Df > alpha * Imp_D``.
-        lambda_: dampening constant, ``>= 0``: ``beta = min(lambda_ * Imp_D / Imp_Df, 1)``.
+        forget_importance: ``Imp_Df``, importance over the forget set, same
+            objective and granularity.
+        alpha: selection weighting, ``> 0``: select where
+            ``Imp_Df > alpha * Imp_D``.
+        lambda_: dampening constant, ``>= 0``:
+            ``beta = min(lambda_ * Imp_D / Imp_Df, 1)``.
         warn: emit :class:`NothingSelectedWarning` when nothing is selected.
 
     Returns:
-        A :class:`DampeningReport` with per-parameter and total counts and the largest
-        ratio ``Imp_Df / Imp_D``.
+        A :class:`DampeningReport` with per-parameter and total counts and
+        the largest ratio ``Imp_Df / Imp_D``.
 
     Raises:
-        ValueError: bad ``alpha``/``lambda_``; importances with missing or extra keys,
-            wrong shapes, negative or non-finite values. Everything is checked before any
-            weight changes.
+        ValueError: bad ``alpha``/``lambda_``; importances with missing
+            or extra keys, wrong shapes, negative or non-finite values.
+            Everything is checked before any weight changes.
     """
     check_hyperparameters(alpha, lambda_)
-    check_importances(
-        [(full_importance, "full_importance (Imp_D)"), (forget_importance, "forget_importance (Imp_Df)")], model
-    )
+    check_importances([(full_importance, "full_importance (Imp_D)"),
+                       (forget_importance, "forget_importance (Imp_Df)")],
+                      model)
     report = DampeningReport(alpha=float(alpha), lambda_=float(lambda_))
-    changed = {}  # the number of changed elements of each dampened parameter
+    changed = {}  # the number of changed elements of each parameter
     with torch.no_grad():
         for name, p in trainable_parameters(model).items():
-            d, f = _float32_importances(full_importance, forget_importance, name, p)
-            # Two temporaries per parameter, reused in place. The selection is kept as a float
-            # 0/1 flag (1 = not selected): on a CPU, float arithmetic is several times faster
-            # per element than masking with booleans.
+            d, f = _float32_importances(full_importance, forget_importance,
+                                        name, p)
+            # Two temporaries per parameter, reused in place. The
+            # selection is kept as a float 0/1 flag (1 = not selected): on
+            # a CPU, float arithmetic is several times faster per element
+            # than masking with booleans.
             work = alpha * d
-            unselected = torch.le(f, work, out=torch.empty_like(work))  # not Imp_Df > alpha * Imp_D
-            # The ratios Imp_Df / Imp_D: -1 marks the unbounded ones (x / 0, or a quotient beyond
-            # float32's range: selected for every alpha), 0 / 0 counts as 0.
+            # not selected: not Imp_Df > alpha * Imp_D
+            unselected = torch.le(f, work, out=torch.empty_like(work))
+            # The ratios Imp_Df / Imp_D: -1 marks the unbounded ones (x / 0,
+            # or a quotient beyond float32's range: selected for every
+            # alpha), 0 / 0 counts as 0.
             ratio = torch.div(f, d, out=work).nan_to_num_(nan=0, posinf=-1)
-            lowest, top = torch.aminmax(ratio) if ratio.numel() else (ratio.new_zeros(()), ratio.new_zeros(()))
+            if ratio.numel():
+                lowest, top = torch.aminmax(ratio)
+            else:
+                lowest, top = ratio.new_zeros(()), ratio.new_zeros(())
             summary = [unselected.sum(dtype=torch.float64), lowest, top]
-            n_unselected, lowest, top = torch.stack([t.double() for t in summary]).tolist()  # one copy to the host
-            if lowest < 0:  # rare: unbounded ratios; count the selected ones
-                report.unbounded += int(torch.count_nonzero((ratio < 0) & (unselected == 0)))
+            # one copy to the host
+            n_unselected, lowest, top = torch.stack(
+                [t.double() for t in summary]).tolist()
+            if lowest < 0:  # rare: unbounded ratios; count selected ones
+                unbounded = (ratio < 0) & (unselected == 0)
+                report.unbounded += int(torch.count_nonzero(unbounded))
             n_selected = p.numel() - int(n_unselected)
             report.numel[name] = p.numel()
             report.selected[name] = n_selected
             report.changed[name] = 0
-            if top > report.max_ratio:  # the first parameter holding the largest ratio
+            if top > report.max_ratio:  # the first parameter holding it
                 report.max_ratio, report.max_ratio_parameter = top, name
             if n_selected == 0:
                 continue
-            # beta = min(lambda_ * d / f, 1) where selected, exactly 1 elsewhere: adding the flag
-            # lifts every unselected element to >= 1 before the clamp, and 0 / 0 (never selected)
-            # gives NaN, which becomes 1.
-            numerator = d if lambda_ == 1 else torch.mul(d, lambda_, out=work)
-            beta = torch.addcdiv(unselected, numerator, f, out=work).clamp_(max=1).nan_to_num_(nan=1)
+            # beta = min(lambda_ * d / f, 1) where selected, exactly 1
+            # elsewhere: adding the flag lifts every unselected element to
+            # >= 1 before the clamp, and 0 / 0 (never selected) gives NaN,
+            # which becomes 1.
+            if lambda_ == 1:
+                numerator = d
+            else:
+                numerator = torch.mul(d, lambda_, out=work)
+            beta = torch.addcdiv(unselected, numerator, f, out=work)
+            beta = beta.clamp_(max=1).nan_to_num_(nan=1)
             new = beta.to(p.dtype).mul_(p)
-            changed[name] = torch.ne(new, p, out=unselected).sum(dtype=torch.float64)
+            changed[name] = torch.ne(new, p, out=unselected).sum(
+                dtype=torch.float64)
             p.copy_(new)
-    if changed:  # the counts of all dampened parameters, in one device-to-host copy
+    if changed:  # the counts of all dampened parameters, in one host copy
         device = next(iter(changed.values())).device
-        counts = torch.stack([c.to(device) for c in changed.values()]).tolist()
-        report.changed.update((name, int(count)) for name, count in zip(changed, counts))
+        counts = torch.stack([c.to(device) for c in changed.values()])
+        for name, count in zip(changed, counts.tolist()):
+            report.changed[name] = int(count)
     if warn:
         report.warn_if_nothing_selected(stacklevel=2)
     return report

@@ -65,15 +65,18 @@ OBJECTIVES = ("l2", "fisher", "true_fisher")
 GRANULARITIES = ("batch", "sample")
 
 
-def batch_objective(logits: torch.Tensor, labels: torch.Tensor | None, objective: str) -> torch.Tensor:
-    """The scalar whose gradient the batch estimator squares (``"fisher"``) or takes the
-    absolute value of (``"l2"``): the reference code's objective, a mean over the batch.
+def batch_objective(logits: torch.Tensor, labels: torch.Tensor | None,
+                    objective: str) -> torch.Tensor:
+    """The scalar whose gradient the batch estimator squares (``"fisher"``)
+    or takes the absolute value of (``"l2"``): the reference code's
+    objective, a mean over the batch.
 
-    ``"fisher"`` (and ``"true_fisher"``, with labels drawn from the model): the cross-entropy of
-    class logits ``(batch, classes)`` with ``labels``; ``"l2"``: the squared l2 norm of each
-    sample's output, ``||f(x)||_2^2``, summed over every dimension but the first (so a
-    regression output ``(batch,)`` or sequence logits ``(batch, T, V)`` work too) and
-    averaged over the batch (no labels).
+    ``"fisher"`` (and ``"true_fisher"``, with labels drawn from the model):
+    the cross-entropy of class logits ``(batch, classes)`` with ``labels``;
+    ``"l2"``: the squared l2 norm of each sample's output, ``||f(x)||_2^2``,
+    summed over every dimension but the first (so a regression output
+    ``(batch,)`` or sequence logits ``(batch, T, V)`` work too) and averaged
+    over the batch (no labels).
     """
     if objective in ("fisher", "true_fisher"):
         return F.cross_entropy(_class_logits(logits, objective), labels)

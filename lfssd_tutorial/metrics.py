@@ -32,19 +32,22 @@ def entropy_mia(
 ) -> float:
     """The papers' membership inference attack, in percent.
 
-    A class-balanced logistic regression on one feature, the softmax entropy, is
-    trained to tell retain-train samples (members) from test samples (non-members);
-    the score is the percentage of forget samples it predicts to be members. Lower
-    means the forget set looks less like training data; the retrained model's score,
-    not zero, is the target.
+    A class-balanced logistic regression on one feature, the softmax
+    entropy, is trained to tell retain-train samples (members) from test
+    samples (non-members); the score is the percentage of forget samples it
+    predicts to be members. Lower means the forget set looks less like
+    training data; the retrained model's score, not zero, is the target.
     """
     from sklearn.linear_model import LogisticRegression
 
     def entropies(loader):
         logits, _ = predict(model, loader, device=device)
-        return softmax_entropy(logits).numpy().astype(np.float64).reshape(-1, 1)
+        entropy = softmax_entropy(logits).numpy().astype(np.float64)
+        return entropy.reshape(-1, 1)
 
-    member, nonmember, forget = entropies(retain_loader), entropies(test_loader), entropies(forget_loader)
+    member = entropies(retain_loader)
+    nonmember = entropies(test_loader)
+    forget = entropies(forget_loader)
     x = np.concatenate([member, nonmember])
     y = np.concatenate([np.ones(len(member)), np.zeros(len(nonmember))])
     clf = LogisticRegression(class_weight="balanced", solver="lbfgs")
