@@ -80,3 +80,37 @@ def test_every_method_has_its_own_colour():
 
     assert set(METHOD_COLOURS) == set(METHODS)
     assert len(set(METHOD_COLOURS.values())) == len(METHOD_COLOURS)
+
+
+def test_bars_take_the_given_colour_and_marked_alphas_avoid_method_colours(ratios):
+    from matplotlib.colors import to_rgba
+
+    from lfssd_tutorial.plots import METHOD_COLOURS
+
+    ax, zoom_ax = plot_ratio_histogram(ratios, alphas=(1, 3, 7), colour=METHOD_COLOURS["lfssd"])
+    for axes in (ax, zoom_ax):
+        assert {p.get_facecolor() for p in axes.patches} == {to_rgba(METHOD_COLOURS["lfssd"])}
+    method_colours = {to_rgba(c) for c in METHOD_COLOURS.values()}
+    dashed = [line.get_color() for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 3 and not {to_rgba(c) for c in dashed} & method_colours
+    plt.close(ax.figure)
+
+
+def test_selection_per_layer_takes_one_colour_per_report():
+    import torch
+    from torch import nn
+
+    from lfssd_tutorial.dampening import select_and_dampen_
+    from lfssd_tutorial.plots import plot_selection_per_layer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    full = {n: torch.rand_like(p) + 0.1 for n, p in model.named_parameters()}
+    forget = {n: torch.rand_like(p) * 3 for n, p in model.named_parameters()}
+    reports = {f"alpha = {a}": select_and_dampen_(model, full, forget, alpha=a, lambda_=1.0, warn=False) for a in (1, 2)}
+    ax = plot_selection_per_layer(reports, colours=["tab:blue", "lightsteelblue"])
+    faces = {p.get_facecolor() for p in ax.patches}
+    assert faces == {matplotlib.colors.to_rgba("tab:blue"), matplotlib.colors.to_rgba("lightsteelblue")}
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="one colour per report"):
+        plot_selection_per_layer(reports, colours=["tab:blue"])
