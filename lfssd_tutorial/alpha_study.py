@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from .calibrate import calibrate_alpha
+from .calibrate import CALIBRATION_GROWTH, CALIBRATION_LAMBDAS, calibrate_alpha
 from .experiments import ExperimentConfig, forget_request
 from .importance import compute_importance
 from .request import half_accuracies, validation_test_halves
@@ -39,17 +39,12 @@ from .sweep import dampen_copy
 from .unlearn import objective_for
 from .utils import progress as progress_bar
 
-__all__ = ["CALIBRATION_GROWTH", "CALIBRATION_LAMBDAS", "FIXED_ALPHAS", "PUBLISHED_ALPHA", "run_alpha_study",
-           "succeeds", "summarise_study"]
+__all__ = ["FIXED_ALPHAS", "PUBLISHED_ALPHA", "run_alpha_study", "succeeds", "summarise_study"]
 
 #: The fixed alphas of the study.
 FIXED_ALPHAS = (1.5, 2.0, 3.0, 5.0, 7.0, 10.0)
 #: The alpha the papers publish for SSD and LFSSD on ResNet18.
 PUBLISHED_ALPHA = 10.0
-#: The lambdas the calibration chooses among (chosen on development seeds, chapter 7).
-CALIBRATION_LAMBDAS = (0.5, 1.0, 2.0)
-#: The spacing of the calibration's alphas in number of selected weights.
-CALIBRATION_GROWTH = 2 ** 0.5
 
 
 def run_alpha_study(

@@ -59,7 +59,15 @@ from .batches import Forward, batch_size, map_tensors, model_logits
 from .utils import progress as progress_bar
 from .utils import resolve_device
 
-__all__ = ["AlphaCandidate", "AlphaChoice", "CalibrationWarning", "calibrate_alpha", "default_candidates"]
+__all__ = ["AlphaCandidate", "AlphaChoice", "CALIBRATION_GROWTH", "CALIBRATION_LAMBDAS", "CalibrationWarning",
+           "calibrate_alpha", "default_candidates"]
+
+#: The lambdas the rule chooses among in the book's study (settled on development seeds,
+#: chapter 7); pass them as ``lambda_``.
+CALIBRATION_LAMBDAS = (0.5, 1.0, 2.0)
+#: The spacing of the candidate alphas in number of selected weights in that study; pass it
+#: as ``growth``.
+CALIBRATION_GROWTH = 2 ** 0.5
 
 
 class CalibrationWarning(UserWarning):
