@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from .calibrate import CALIBRATION_GROWTH, CALIBRATION_LAMBDAS, calibrate_alpha
-from .experiments import ExperimentConfig, forget_request
+from .experiments import ExperimentConfig, append_record, forget_request, read_results
 from .importance import compute_importance
 from .request import half_accuracies, validation_test_halves
 from .request import retain_sample as sample_retained
@@ -58,6 +58,10 @@ def run_alpha_study(
     lambda_: float = 1.0,
     calibration_lambdas: Sequence[float] = CALIBRATION_LAMBDAS,
     growth: float = CALIBRATION_GROWTH,
+    out_dir: str | None = None,
+    records_file: str | None = None,
+    retrained_forget: float | None = None,
+    evaluate_candidates: bool = True,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> list[dict]:
@@ -78,14 +82,41 @@ def run_alpha_study(
       ceiling, the calibration's wall time and that of the ``Imp_D`` pass;
 
     each with ``seed``, ``target`` and the four accuracies of :func:`validation_test_halves`' halves.
+
+    For a long study:
+
+    * ``out_dir`` takes the models from a run's checkpoints (see
+      :func:`~lfssd_tutorial.experiments.forget_request`);
+    * ``records_file`` (JSON Lines) gets each request's records for each method as soon as
+      they are measured, and the ones it already holds are skipped and returned, so an
+      interrupted study resumes;
+    * ``retrained_forget`` skips the retrained models: the retrained model's Acc(D_f) is
+      taken as this value on both halves (0 for full-class forgetting, where a model
+      trained without the class does not predict it), and its record holds no Acc(D_r),
+      which :func:`succeeds` does not read;
+    * ``evaluate_candidates=False`` measures the labelled accuracies of the calibrated
+      candidate only (one pass over the test set instead of one per candidate); the other
+      candidates' records then hold what the calibration measured, and
+      :func:`summarise_study` cannot count ``any_candidate``.
     """
     targets = list(config.scenario.target_list() if targets is None else targets)
-    requests = [(seed, target) for seed in seeds for target in targets]
-    records = []
+    requests = [(seed, str(target)) for seed in seeds for target in targets]
+    stored = read_results(records_file) if records_file else []
+    done = {(r["seed"], r["target"], r.get("method")) for r in stored}
+    records = list(stored)
+
+    def keep(new: list[dict]) -> None:
+        records.extend(new)
+        for r in new if records_file else ():
+            append_record(records_file, r)
+
     base = None
     for seed, target in progress_bar(requests, progress, "alpha study"):
+        todo = [m for m in methods if (seed, target, m) not in done]
+        if not todo:
+            continue
         if base is None or base.seed != seed:
-            base = forget_request(config, seed=seed, target=target, device=device)
+            base = forget_request(config, seed=seed, target=target, device=device, out_dir=out_dir)
         request = base.for_target(target)
         fine = request.data.test_fine if config.scenario.kind == "sub_class" else request.data.test_labels
         val, test = validation_test_halves(fine, seed=0)
@@ -93,11 +124,17 @@ def run_alpha_study(
         def evaluate(model, request=request, halves={"val": val, "test": test}):
             return half_accuracies(model, request.data, request.split, halves, batch_size=request.loaders.retain.batch_size)
 
-        where = {"seed": seed, "target": str(target)}
-        records.append({**where, "kind": "reference", "model": "original", **evaluate(request.original)})
-        records.append({**where, "kind": "reference", "model": "retrained", **evaluate(request.retrained())})
+        where = {"seed": seed, "target": target}
+        if (seed, target, None) not in done:
+            if retrained_forget is None:
+                retrained = evaluate(request.retrained())
+            else:
+                retrained = {"val_forget": float(retrained_forget), "test_forget": float(retrained_forget), "assumed": True}
+            keep([{**where, "kind": "reference", "model": "original", **evaluate(request.original)},
+                  {**where, "kind": "reference", "model": "retrained", **retrained}])
         retain_loader = sample_retained(request.loaders, retain_sample, seed=seed)
-        for method in methods:
+        for method in todo:
+            new = []
             objective = objective_for(method)
             t0 = time.perf_counter()
             full = compute_importance(request.original, request.loaders.full, objective=objective, device=device)
@@ -105,21 +142,26 @@ def run_alpha_study(
             forget = compute_importance(request.original, request.loaders.forget, objective=objective, device=device)
             for alpha in fixed_alphas:
                 model, report = dampen_copy(request.original, full, forget, alpha=alpha, lambda_=lambda_)
-                records.append({**where, "kind": "fixed", "method": method, "alpha": float(alpha),
-                                "lambda": float(lambda_), "selected": report.total_selected, **evaluate(model)})
+                new.append({**where, "kind": "fixed", "method": method, "alpha": float(alpha),
+                            "lambda": float(lambda_), "selected": report.total_selected, **evaluate(model)})
             t0 = time.perf_counter()
             choice = calibrate_alpha(request.original, full, forget, request.loaders.forget, retain_loader,
                                      lambda_=tuple(calibration_lambdas), growth=growth, device=device, warn=False)
             seconds = time.perf_counter() - t0
             for c in choice.candidates:
-                model, _ = dampen_copy(request.original, full, forget, alpha=c.alpha, lambda_=c.lambda_)
-                records.append({**where, "kind": "candidate", "method": method, "alpha": c.alpha, "lambda": c.lambda_,
-                                "selected": c.selected, "forget_agreement": c.forget_agreement,
-                                "retain_agreement": c.retain_agreement, "admissible": c.admissible, **evaluate(model)})
-                if (c.alpha, c.lambda_) == (choice.alpha, choice.lambda_):
-                    records.append({**records[-1], "kind": "calibrated", "warning": choice.warning,
-                                    "max_ratio": choice.max_ratio, "seconds": seconds,
-                                    "importance_seconds": importance_seconds})
+                chosen = (c.alpha, c.lambda_) == (choice.alpha, choice.lambda_)
+                accuracies = {}
+                if evaluate_candidates or chosen:
+                    model, _ = dampen_copy(request.original, full, forget, alpha=c.alpha, lambda_=c.lambda_)
+                    accuracies = evaluate(model)
+                new.append({**where, "kind": "candidate", "method": method, "alpha": c.alpha, "lambda": c.lambda_,
+                            "selected": c.selected, "forget_agreement": c.forget_agreement,
+                            "retain_agreement": c.retain_agreement, "admissible": c.admissible, **accuracies})
+                if chosen:
+                    new.append({**new[-1], "kind": "calibrated", "warning": choice.warning,
+                                "max_ratio": choice.max_ratio, "seconds": seconds,
+                                "importance_seconds": importance_seconds})
+            keep(new)
     return records
 
 
@@ -141,7 +183,8 @@ def summarise_study(records: Iterable[dict], *, published_alpha: float = PUBLISH
     all seeds; ties go to the larger alpha), plus the alphas leave-one-out chose and the
     calibrated alphas and lambdas.
     ``any_candidate`` counts the requests where at least one of the calibration's
-    candidates succeeds: the most that any rule choosing among them could reach. Keyword
+    candidates succeeds: the most that any rule choosing among them could reach (``None``
+    when the study did not measure every candidate's accuracies). Keyword
     arguments go to :func:`succeeds`.
     """
     records = list(records)
@@ -164,7 +207,10 @@ def summarise_study(records: Iterable[dict], *, published_alpha: float = PUBLISH
             mine = next(f for f in fixed if f["seed"] == r["seed"] and f["target"] == r["target"] and f["alpha"] == best)
             loo += ok(mine)
         candidates = [r for r in records if r["kind"] == "candidate" and r["method"] == method]
-        reachable = sum(any(ok(c) for c in candidates if c["seed"] == r["seed"] and c["target"] == r["target"]) for r in calibrated)
+        reachable = None
+        if all("test_forget" in c for c in candidates):
+            reachable = sum(any(ok(c) for c in candidates if c["seed"] == r["seed"] and c["target"] == r["target"])
+                            for r in calibrated)
         published = [f for f in fixed if f["alpha"] == published_alpha]
         rows.append({
             "method": method,

@@ -23,14 +23,18 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
 from .training import seed_everything
 from .utils import resolve_device
 
-__all__ = ["FIGURE_DEFAULTS", "setup_notebook", "execution_platform", "execute_notebooks", "PLATFORM_KEY"]
+__all__ = ["FIGURE_DEFAULTS", "setup_notebook", "execution_platform", "execute_notebooks", "PLATFORM_KEY", "RELEASE_URL",
+           "checkout_root", "committed_file"]
 
 #: Where :func:`execute_notebooks` records the platform in a notebook's metadata.
 PLATFORM_KEY = "lfssd_tutorial_platform"
@@ -46,6 +50,39 @@ FIGURE_DEFAULTS: dict[str, object] = {
     "axes.spines.right": False,
     "font.size": 10,
 }
+
+
+#: The book's release: :func:`committed_file` fetches files from it outside a checkout.
+RELEASE_URL = "https://raw.githubusercontent.com/lfssd-tutorial/lfssd-tutorial/v0.1.0/"
+
+
+def checkout_root() -> Path | None:
+    """The root of the book's repository when the chapter runs in a checkout of it (with the
+    working directory at the root or in ``book/``), else ``None`` (e.g. on Colab)."""
+    return next((p for p in (Path(".."), Path(".")) if (p / "_toc.yml").is_file() and (p / "lfssd_tutorial").is_dir()), None)
+
+
+def committed_file(relpath: str) -> Path:
+    """A file committed to the book's repository (a run's results, a config), by its path from the root.
+
+    In a checkout, the checkout's file. Elsewhere, the release's file, downloaded once into
+    ``lfssd-tutorial-files/`` in the working directory. A file that is in neither raises
+    ``FileNotFoundError``.
+    """
+    root = checkout_root()
+    if root is not None:
+        path = root / relpath
+        if not path.exists():
+            raise FileNotFoundError(f"{relpath} is not in this checkout of the book")
+        return path
+    local = Path("lfssd-tutorial-files") / relpath
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            urllib.request.urlretrieve(RELEASE_URL + relpath, local)
+        except urllib.error.HTTPError as e:
+            raise FileNotFoundError(f"{relpath} is not in the book's release ({e})") from None
+    return local
 
 
 def _configure_matplotlib() -> None:

@@ -89,3 +89,37 @@ def test_leave_one_out_chooses_on_the_other_targets_validation_half():
     assert row == {"method": "lfssd", "requests": 3, "calibrated": 2, "published": None, "leave_one_out": 0, "any_candidate": 0,
                    "leave_one_out_alphas": [2.0, 5.0], "calibrated_alphas": [3.0, 3.0, 3.0],
                    "calibrated_lambdas": [1.0, 1.0, 1.0]}
+
+
+def test_a_long_study_resumes_from_its_records_file(tmp_path, monkeypatch):
+    import lfssd_tutorial.alpha_study as alpha_study
+    from lfssd_tutorial.experiments import ForgetRequest, read_results
+
+    def no_retraining(self):
+        raise AssertionError("the study trained a retrained model although retrained_forget was given")
+
+    monkeypatch.setattr(ForgetRequest, "retrained", no_retraining)
+    passes = []
+    compute = alpha_study.compute_importance
+    monkeypatch.setattr(alpha_study, "compute_importance", lambda *a, **k: passes.append(k["objective"]) or compute(*a, **k))
+    config = digits_config(train_config=TrainConfig(epochs=2, lr=0.05, milestones=(1,)))
+    path = str(tmp_path / "records.jsonl")
+    kwargs = dict(seeds=[0], targets=["3"], fixed_alphas=(2.0, 10.0), retain_sample=64, calibration_lambdas=(1.0,),
+                  growth=2.0, records_file=path, retrained_forget=0.0, evaluate_candidates=False)
+    first = run_alpha_study(config, methods=("lfssd",), **kwargs)
+    assert read_results(path) == first and len(passes) == 2
+    (retrained,) = [r for r in first if r.get("model") == "retrained"]
+    assert retrained == {"seed": 0, "target": "3", "kind": "reference", "model": "retrained", "val_forget": 0.0,
+                         "test_forget": 0.0, "assumed": True}
+    candidates = [r for r in first if r["kind"] == "candidate"]
+    (chosen,) = [r for r in first if r["kind"] == "calibrated"]
+    measured = [r for r in candidates if "test_forget" in r]
+    assert len(candidates) >= 2 and [(r["alpha"], r["lambda"]) for r in measured] == [(chosen["alpha"], chosen["lambda"])]
+    (row,) = summarise_study(first)
+    assert row["any_candidate"] is None and row["requests"] == 1
+    # the rerun skips what the file holds and measures only the new method
+    second = run_alpha_study(config, methods=("lfssd", "ssd"), **kwargs)
+    assert len(passes) == 4 and second[: len(first)] == first and read_results(path) == second
+    assert {r.get("method") for r in second[len(first):]} == {"ssd"}
+    assert run_alpha_study(config, methods=("lfssd", "ssd"), **kwargs) == second and len(passes) == 4
+

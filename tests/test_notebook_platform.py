@@ -60,3 +60,33 @@ def test_other_platforms_execute_without_comparing(tmp_path):
     failing["cells"][0]["source"] = "raise RuntimeError('boom')"
     broken = _nbval(tmp_path, failing)
     assert broken.returncode == 1, broken.stdout[-2000:]
+
+
+def test_committed_files_come_from_the_checkout_or_the_release(tmp_path, monkeypatch):
+    import lfssd_tutorial.notebook as notebook
+
+    root = Path(__file__).resolve().parents[1]
+    for where in (root, root / "book"):
+        monkeypatch.chdir(where)
+        path = notebook.committed_file("configs/digits_full_class.yaml")
+        assert path.resolve() == root / "configs" / "digits_full_class.yaml"
+        with pytest.raises(FileNotFoundError, match="not in this checkout"):
+            notebook.committed_file("results/no-such-file.jsonl")
+    monkeypatch.chdir(tmp_path)  # no checkout: one download from the release, then the local copy
+    fetched = []
+
+    def download(url, path):
+        fetched.append(url)
+        Path(path).write_text("{}\n")
+
+    monkeypatch.setattr(notebook.urllib.request, "urlretrieve", download)
+    for _ in range(2):
+        assert notebook.committed_file("results/run/results.jsonl").read_text() == "{}\n"
+    assert fetched == [notebook.RELEASE_URL + "results/run/results.jsonl"]
+
+    def missing(url, path):
+        raise notebook.urllib.error.HTTPError(url, 404, "Not Found", None, None)
+
+    monkeypatch.setattr(notebook.urllib.request, "urlretrieve", missing)
+    with pytest.raises(FileNotFoundError, match="not in the book's release"):
+        notebook.committed_file("results/run/unfinished.jsonl")
