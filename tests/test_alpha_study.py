@@ -1,9 +1,9 @@
-"""The out-of-sample study of alpha rules (chapter 7), at a tiny scale."""
+"""The out-of-sample study of alpha rules (chapter 7): at a tiny scale, and the committed CIFAR-10 study."""
 
 import numpy as np
 import pytest
 
-from lfssd_tutorial.alpha_study import PUBLISHED_ALPHA, run_alpha_study, succeeds, summarise_study
+from lfssd_tutorial.alpha_study import FIXED_ALPHAS, PUBLISHED_ALPHA, run_alpha_study, succeeds, summarise_study
 from lfssd_tutorial.request import validation_test_halves
 from lfssd_tutorial.digits import digits_config
 from lfssd_tutorial.training import TrainConfig
@@ -123,3 +123,35 @@ def test_a_long_study_resumes_from_its_records_file(tmp_path, monkeypatch):
     assert {r.get("method") for r in second[len(first):]} == {"ssd"}
     assert run_alpha_study(config, methods=("lfssd", "ssd"), **kwargs) == second and len(passes) == 4
 
+
+def test_the_committed_cifar10_study_is_complete_and_consistent():
+    """Chapter 7's CIFAR-10 table reads results/cifar10-alpha-study/records.jsonl: every request
+    of its run.py (3 seeds x 5 classes) with both methods, each with its references, its fixed
+    grid and one calibrated pair that is one of the pairs the calibration tried."""
+    import importlib.util
+    from pathlib import Path
+
+    from lfssd_tutorial.experiments import read_results
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "cifar10-alpha-study"
+    spec = importlib.util.spec_from_file_location("cifar10_alpha_study", folder / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    records = read_results(folder / "records.jsonl")
+    requests = {(seed, target) for worker in run.WORKERS.values() for seed, targets in worker for target in targets}
+    assert requests == {(s, t) for s in (0, 1, 2) for t in run.TARGETS} and len(run.TARGETS) >= 5
+    for seed, target in requests:
+        mine = [r for r in records if (r["seed"], r["target"]) == (seed, target)]
+        assert sorted(r["model"] for r in mine if r["kind"] == "reference") == ["original", "retrained"]
+        (retrained,) = [r for r in mine if r.get("model") == "retrained"]
+        assert retrained["assumed"] and retrained["test_forget"] == retrained["val_forget"] == 0.0
+        for method in ("ssd", "lfssd"):
+            fixed = sorted(r["alpha"] for r in mine if r["kind"] == "fixed" and r["method"] == method)
+            assert fixed == list(FIXED_ALPHAS)
+            (chosen,) = [r for r in mine if r["kind"] == "calibrated" and r["method"] == method]
+            tried = [(r["alpha"], r["lambda"]) for r in mine if r["kind"] == "candidate" and r["method"] == method]
+            assert (chosen["alpha"], chosen["lambda"]) in tried and len(tried) == len(set(tried)) >= 10
+            assert {r["lambda"] for r in mine if r["kind"] == "candidate" and r["method"] == method} == {0.5, 1.0, 2.0}
+            assert 0 <= chosen["test_forget"] <= 100 and chosen["seconds"] > 0
+    (row,) = [r for r in summarise_study(records) if r["method"] == "lfssd"]
+    assert row["requests"] == 15 and row["any_candidate"] is None
