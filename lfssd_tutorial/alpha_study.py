@@ -107,8 +107,9 @@ def run_alpha_study(
 
     def keep(new: list[dict]) -> None:
         records.extend(new)
-        for r in new if records_file else ():
-            append_record(records_file, r)
+        if records_file:
+            for r in new:
+                append_record(records_file, r)
 
     base = None
     for seed, target in progress_bar(requests, progress, "alpha study"):
