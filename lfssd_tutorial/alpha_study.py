@@ -35,6 +35,7 @@ from .experiments import ExperimentConfig, append_record, forget_request, read_r
 from .importance import compute_importance
 from .request import half_accuracies, validation_test_halves
 from .request import retain_sample as sample_retained
+from .request import sample_loader
 from .sweep import dampen_copy
 from .unlearn import objective_for
 from .utils import progress as progress_bar
@@ -55,6 +56,7 @@ def run_alpha_study(
     methods: Sequence[str] = ("ssd", "lfssd"),
     fixed_alphas: Sequence[float] = FIXED_ALPHAS,
     retain_sample: int = 256,
+    forget_sample: int | None = None,
     lambda_: float = 1.0,
     calibration_lambdas: Sequence[float] = CALIBRATION_LAMBDAS,
     growth: float = CALIBRATION_GROWTH,
@@ -68,7 +70,9 @@ def run_alpha_study(
     """Run the study on ``config``'s requests for ``seeds`` x ``targets``; return its records.
 
     ``targets`` defaults to the config's. The calibration's retained sample is
-    ``retain_sample`` training inputs of ``D_r``, drawn with the training seed; it chooses
+    ``retain_sample`` training inputs of ``D_r``, drawn with the training seed, and it reads
+    ``forget_sample`` inputs of ``D_f`` drawn the same way (all of ``D_f`` by default; the
+    importances always use all of it). It chooses
     among ``calibration_lambdas`` (pass ``(1.0,)`` to fix lambda) and alphas spaced by
     ``growth``. The fixed grid is dampened at ``lambda_``. Records:
 
@@ -79,7 +83,8 @@ def run_alpha_study(
       tried (what it measured, and the labelled accuracies it did not see);
     * ``{"kind": "calibrated", ..., "warning", "max_ratio", "seconds", "importance_seconds"}``
       per method: the chosen candidate, the calibration's warning (or ``None``), the ratio
-      ceiling, the calibration's wall time and that of the ``Imp_D`` pass;
+      ceiling, how many retained inputs it set aside (``AlphaChoice.set_aside``), the
+      calibration's wall time and that of the ``Imp_D`` pass;
 
     each with ``seed``, ``target`` and the four accuracies of :func:`validation_test_halves`' halves.
 
@@ -134,6 +139,9 @@ def run_alpha_study(
             keep([{**where, "kind": "reference", "model": "original", **evaluate(request.original)},
                   {**where, "kind": "reference", "model": "retrained", **retrained}])
         retain_loader = sample_retained(request.loaders, retain_sample, seed=seed)
+        forget_loader = request.loaders.forget
+        if forget_sample is not None:
+            forget_loader = sample_loader(forget_loader, forget_sample, seed=seed)
         for method in todo:
             new = []
             objective = objective_for(method)
@@ -146,7 +154,7 @@ def run_alpha_study(
                 new.append({**where, "kind": "fixed", "method": method, "alpha": float(alpha),
                             "lambda": float(lambda_), "selected": report.total_selected, **evaluate(model)})
             t0 = time.perf_counter()
-            choice = calibrate_alpha(request.original, full, forget, request.loaders.forget, retain_loader,
+            choice = calibrate_alpha(request.original, full, forget, forget_loader, retain_loader,
                                      lambda_=tuple(calibration_lambdas), growth=growth, device=device, warn=False)
             seconds = time.perf_counter() - t0
             for c in choice.candidates:
@@ -160,7 +168,7 @@ def run_alpha_study(
                             "retain_agreement": c.retain_agreement, "admissible": c.admissible, **accuracies})
                 if chosen:
                     new.append({**new[-1], "kind": "calibrated", "warning": choice.warning,
-                                "max_ratio": choice.max_ratio, "seconds": seconds,
+                                "max_ratio": choice.max_ratio, "set_aside": choice.set_aside, "seconds": seconds,
                                 "importance_seconds": importance_seconds})
             keep(new)
     return records

@@ -27,7 +27,7 @@ from .metrics import entropy_mia, evaluate_accuracy
 from .training import predict
 
 __all__ = ["SplitLoaders", "build_split_loaders", "evaluate_request", "validation_test_halves", "half_accuracies",
-           "retain_sample"]
+           "retain_sample", "sample_loader"]
 
 
 @dataclass
@@ -159,12 +159,18 @@ def half_accuracies(model: nn.Module, data: DataBundle, split: ForgetSplit, halv
     return out
 
 
+def sample_loader(loader: DataLoader, n: int, *, seed: int = 0) -> DataLoader:
+    """A loader over ``n`` of ``loader``'s samples, drawn without replacement with ``seed``
+    (all of them when it holds at most ``n``), in their original order."""
+    dataset = loader.dataset
+    idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    return make_loader(Subset(dataset, np.sort(idx).tolist()), batch_size=loader.batch_size)
+
+
 def retain_sample(loaders: SplitLoaders, n: int = 256, *, seed: int = 0) -> DataLoader:
     """A loader over ``n`` retained training inputs (``loaders.retain``'s, unaugmented), drawn with ``seed``.
 
     The small sample of ``D_r`` that :func:`~lfssd_tutorial.calibrate_alpha` compares
     predictions on; all of ``D_r`` when it holds at most ``n`` samples.
     """
-    dataset = loaders.retain.dataset
-    idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
-    return make_loader(Subset(dataset, np.sort(idx).tolist()), batch_size=loaders.retain.batch_size)
+    return sample_loader(loaders.retain, n, seed=seed)

@@ -46,12 +46,13 @@ def test_the_study_records_every_rule(study):
         for lam in (0.5, 2.0):  # per lambda the same alphas, largest first
             alphas = [r["alpha"] for r in tried if r["lambda"] == lam]
             assert len(alphas) >= 2 and alphas == sorted(alphas, reverse=True) == [r["alpha"] for r in tried if r["lambda"] == 0.5]
-        assert {k: v for k, v in chosen.items() if k not in ("kind", "warning", "max_ratio", "seconds", "importance_seconds")} in [
+        assert {k: v for k, v in chosen.items() if k not in ("kind", "warning", "max_ratio", "set_aside", "seconds", "importance_seconds")} in [
             {k: v for k, v in r.items() if k != "kind"} for r in tried]
     for r in study:
         assert all(0 <= r[k] <= 100 for k in ("val_retain", "val_forget", "test_retain", "test_forget"))
     calibrated = [r for r in study if r["kind"] == "calibrated"]
     assert all(r["seconds"] > 0 and r["importance_seconds"] > 0 and r["alpha"] >= 1 for r in calibrated)
+    assert all(0 <= r["set_aside"] < 64 for r in calibrated)
     assert all(r["lambda"] == 1.0 for r in study if r["kind"] == "fixed")
 
 
@@ -99,15 +100,17 @@ def test_a_long_study_resumes_from_its_records_file(tmp_path, monkeypatch):
         raise AssertionError("the study trained a retrained model although retrained_forget was given")
 
     monkeypatch.setattr(ForgetRequest, "retrained", no_retraining)
-    passes = []
-    compute = alpha_study.compute_importance
+    passes, forget_read = [], []
+    compute, calibrate = alpha_study.compute_importance, alpha_study.calibrate_alpha
     monkeypatch.setattr(alpha_study, "compute_importance", lambda *a, **k: passes.append(k["objective"]) or compute(*a, **k))
+    monkeypatch.setattr(alpha_study, "calibrate_alpha",
+                        lambda *a, **k: forget_read.append(len(a[3].dataset)) or calibrate(*a, **k))
     config = digits_config(train_config=TrainConfig(epochs=2, lr=0.05, milestones=(1,)))
     path = str(tmp_path / "records.jsonl")
     kwargs = dict(seeds=[0], targets=["3"], fixed_alphas=(2.0, 10.0), retain_sample=64, calibration_lambdas=(1.0,),
-                  growth=2.0, records_file=path, retrained_forget=0.0, evaluate_candidates=False)
+                  growth=2.0, records_file=path, retrained_forget=0.0, evaluate_candidates=False, forget_sample=40)
     first = run_alpha_study(config, methods=("lfssd",), **kwargs)
-    assert read_results(path) == first and len(passes) == 2
+    assert read_results(path) == first and len(passes) == 2 and forget_read == [40]  # D_f holds more than 40
     (retrained,) = [r for r in first if r.get("model") == "retrained"]
     assert retrained == {"seed": 0, "target": "3", "kind": "reference", "model": "retrained", "val_forget": 0.0,
                          "test_forget": 0.0, "assumed": True}
@@ -137,9 +140,11 @@ def test_the_committed_cifar10_study_is_complete_and_consistent():
     spec = importlib.util.spec_from_file_location("cifar10_alpha_study", folder / "run.py")
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
-    records = read_results(folder / "records.jsonl")
-    requests = {(seed, target) for worker in run.WORKERS.values() for seed, targets in worker for target in targets}
-    assert requests == {(s, t) for s in (0, 1, 2) for t in run.TARGETS} and len(run.TARGETS) >= 5
+    first = run.STUDIES["first-five"]
+    records = read_results(folder / first["records"])
+    requests = {(seed, target) for share in run.workers(first["targets"]).values() for seed, targets in share
+                for target in targets}
+    assert requests == {(s, t) for s in (0, 1, 2) for t in first["targets"]} and len(first["targets"]) == 5
     for seed, target in requests:
         mine = [r for r in records if (r["seed"], r["target"]) == (seed, target)]
         assert sorted(r["model"] for r in mine if r["kind"] == "reference") == ["original", "retrained"]

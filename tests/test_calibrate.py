@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lfssd_tutorial as lf
-from lfssd_tutorial.calibrate import AlphaChoice, default_candidates
+from lfssd_tutorial.calibrate import AlphaChoice, default_candidates, retained_to_keep
 from lfssd_tutorial.data import make_loader
 from lfssd_tutorial.digits import digits_request
 from lfssd_tutorial.training import TrainConfig
@@ -72,6 +72,41 @@ def test_the_clearly_right_alpha_is_chosen():
     assert by_alpha[2.5].selected == 3 and by_alpha[2.5].retain_agreement == 0.5 and not by_alpha[2.5].admissible
     assert choice.max_ratio == pytest.approx(8.0) and choice.forget_concentration == 1.0
     assert "smallest edit" in choice.reason and len(choice.rows()) == 5 and choice.lambda_ == 1.0
+
+
+def test_retained_inputs_of_a_forgotten_class_are_set_aside():
+    # one retained input looks like D_f, so the original assigns it to class 0. With class 0 gone
+    # from the retained data (1 input against 4 for each other class) the retrained model would
+    # not predict class 0 for it either: it must change, and it is left out of the agreement.
+    model, full, forget, fx, rx = _linear_case()
+    rx = torch.cat([rx, fx[:1]])
+    choice = lf.calibrate_alpha(model, full, forget, *_loaders(fx, rx, "none"), candidates=[10, 6, 2.5])
+    assert (choice.forget_class, choice.set_aside) == (0, 1) and choice.warning is None
+    assert choice.alpha == 6.0 and choice.candidates[1].retain_agreement == 1.0
+    assert choice.candidates[2].retain_agreement == 0.5  # e1 moves to class 0 and counts
+
+
+def test_retained_inputs_of_a_class_still_present_count():
+    # sub-class forgetting: class 0 stays common in the retained data (4 inputs, as many as each
+    # other class), so its retained inputs are kept and must not change
+    model, full, forget, fx, rx = _linear_case()
+    steady = torch.tensor([2.0, 0.0, 0.0]).repeat(4, 1)  # still class 0 after any edit here
+    choice = lf.calibrate_alpha(model, full, forget, *_loaders(fx, torch.cat([rx, steady]), "none"),
+                                candidates=[10, 6])
+    assert choice.set_aside == 0 and choice.alpha == 6.0 and choice.candidates[1].retain_agreement == 1.0
+    like_forget = fx[:4]  # these move with D_f: 4 of 12 retained predictions change
+    with pytest.warns(lf.CalibrationWarning, match="no candidate kept"):
+        moved = lf.calibrate_alpha(model, full, forget, *_loaders(fx, torch.cat([rx, like_forget]), "none"),
+                                   candidates=[10, 6])
+    assert moved.set_aside == 0 and moved.candidates[1].retain_agreement == pytest.approx(8 / 12)
+
+
+def test_retained_to_keep():
+    preds = torch.tensor([1] * 10 + [2] * 10 + [3] * 6 + [0] * 2)
+    assert retained_to_keep(preds, 0).tolist() == [True] * 26 + [False] * 2  # 2 < 10 / 2
+    assert retained_to_keep(preds, 3).all()  # 6 >= 10 / 2: the class is still there
+    assert retained_to_keep(torch.zeros(5, dtype=torch.long), 0).all()  # nothing else to compare with
+    assert retained_to_keep(torch.tensor([1, 1, 2, 2]), 0).all()  # absent class: nothing to set aside
 
 
 def _lambda_case():
