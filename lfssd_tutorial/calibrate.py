@@ -328,7 +328,10 @@ def calibrate_alpha(
         raise ValueError(f"none of the {len(alphas)} candidate alphas selects a weight (the largest ratio Imp_Df/Imp_D "
                          f"is {max_ratio:.3g}; only alpha below it selects anything)")
     admissible = [c for c in tried if c.admissible]
+    set_aside = int((~keep).sum())
     kept = f"{100 * (1 - retain_tolerance):g}% of the retained predictions"
+    if set_aside:
+        kept += f" (less the {set_aside} of class {forget_class}, which must change)"
     at = f"lambda={lambdas[0]:g}" if len(lambdas) == 1 else f"any lambda of {', '.join(f'{v:g}' for v in lambdas)}"
     warning = None
     if not admissible:
@@ -351,7 +354,7 @@ def calibrate_alpha(
         warnings.warn(f"calibrate_alpha: {warning}", CalibrationWarning, stacklevel=2)
     return AlphaChoice(alpha=chosen.alpha, lambda_=chosen.lambda_, candidates=tried, max_ratio=max_ratio,
                        forget_concentration=concentration, forget_class=forget_class,
-                       set_aside=int((~keep).sum()), reason=reason, warning=warning)
+                       set_aside=set_aside, reason=reason, warning=warning)
 
 
 def retained_to_keep(retain_predictions: torch.Tensor, forget_class: int) -> torch.Tensor:

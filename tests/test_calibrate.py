@@ -84,6 +84,7 @@ def test_retained_inputs_of_a_forgotten_class_are_set_aside():
     assert (choice.forget_class, choice.set_aside) == (0, 1) and choice.warning is None
     assert choice.alpha == 6.0 and choice.candidates[1].retain_agreement == 1.0
     assert choice.candidates[2].retain_agreement == 0.5  # e1 moves to class 0 and counts
+    assert "less the 1 of class 0, which must change" in choice.reason
 
 
 def test_retained_inputs_of_a_class_still_present_count():
