@@ -76,10 +76,10 @@ def test_the_clearly_right_alpha_is_chosen():
 
 def test_retained_inputs_of_a_forgotten_class_are_set_aside():
     # one retained input looks like D_f, so the original assigns it to class 0. With class 0 gone
-    # from the retained data (1 input against 4 for each other class) the retrained model would
+    # from the retained data (1 input against 8 for each other class) the retrained model would
     # not predict class 0 for it either: it must change, and it is left out of the agreement.
     model, full, forget, fx, rx = _linear_case()
-    rx = torch.cat([rx, fx[:1]])
+    rx = torch.cat([rx, rx, fx[:1]])
     choice = lf.calibrate_alpha(model, full, forget, *_loaders(fx, rx, "none"), candidates=[10, 6, 2.5])
     assert (choice.forget_class, choice.set_aside) == (0, 1) and choice.warning is None
     assert choice.alpha == 6.0 and choice.candidates[1].retain_agreement == 1.0
@@ -103,9 +103,9 @@ def test_retained_inputs_of_a_class_still_present_count():
 
 
 def test_retained_to_keep():
-    preds = torch.tensor([1] * 10 + [2] * 10 + [3] * 6 + [0] * 2)
-    assert retained_to_keep(preds, 0).tolist() == [True] * 26 + [False] * 2  # 2 < 10 / 2
-    assert retained_to_keep(preds, 3).all()  # 6 >= 10 / 2: the class is still there
+    preds = torch.tensor([1] * 10 + [2] * 10 + [3] * 5 + [0] * 2)
+    assert retained_to_keep(preds, 0).tolist() == [True] * 25 + [False] * 2  # 2 < 10 / 4
+    assert retained_to_keep(preds, 3).all()  # 5 >= 10 / 4: half a class, as a paired sub-class
     assert retained_to_keep(torch.zeros(5, dtype=torch.long), 0).all()  # nothing else to compare with
     assert retained_to_keep(torch.tensor([1, 1, 2, 2]), 0).all()  # absent class: nothing to set aside
 
