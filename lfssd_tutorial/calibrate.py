@@ -49,11 +49,10 @@ What the rule assumes, and where it does not apply:
   good edits. Whichever inputs are given, ``retain_tolerance`` is calibrated for them.
   The default of 1% was set on the digits. On the book's well-trained CIFAR-10 ResNet-9
   models (chapter 7), the retained inputs the original assigns to the forgotten class (up to
-  2% of them) were at first counted as retained predictions to keep. Every edit that moves
-  most of ``D_f`` changes them, so on about half of the requests the 1% tolerance rejected
-  every such edit. Setting them aside is what the retrained model implies, and is the rule
-  above; with it the rule succeeded on 14 of 15 requests of other classes, for SSD and for
-  LFSSD. When the rule still warns, the warning means "choose alpha on labelled validation
+  2% of them) were at first counted as retained predictions to keep, and on about half of the
+  requests the 1% tolerance rejected every edit that moved most of ``D_f``. Setting them
+  aside is what the retrained model implies, and is the rule above; with it the rule
+  succeeded on 14 of 15 requests of five other classes, for SSD and for LFSSD. When the rule still warns, the warning means "choose alpha on labelled validation
   data", not "no alpha works".
 """
 
