@@ -52,8 +52,9 @@ What the rule assumes, and where it does not apply:
   2% of them) were at first counted as retained predictions to keep, and on about half of the
   requests the 1% tolerance rejected every edit that moved most of ``D_f``. Setting them
   aside is what the retrained model implies, and is the rule above; with it the rule
-  succeeded on 14 of 15 requests of five other classes, for SSD and for LFSSD. When the rule still warns, the warning means "choose alpha on labelled validation
-  data", not "no alpha works".
+  succeeded on 14 of 15 requests of five other classes, for SSD and for LFSSD. When the
+  rule still warns, the warning means "choose alpha on labelled validation data", not "no
+  alpha works".
 """
 
 from __future__ import annotations
@@ -365,11 +366,11 @@ def retained_to_keep(retain_predictions: torch.Tensor, forget_class: int) -> tor
     the retained data (a whole class is forgotten), the retrained model predicts it for no
     input, and the retained inputs assigned to it must change, so they are left out.
 
-    A wholly forgotten class receives only the original's errors on retained inputs: about
+    A wholly forgotten class receives only the original's errors on retained inputs, about
     ``1 - accuracy`` of a class's share: a small fraction on the book's CIFAR-10 models
-    (chapter 7), none on the digits. A class still present in the retained data keeps a sizeable share: in
-    sub-class forgetting, its other sub-classes (half the class when it pairs two, as in
-    the digits' sub-class view; four fifths of a CIFAR-20 superclass). A weak model can
+    (chapter 7), none on the digits. A class still present in the retained data keeps a
+    sizeable share: in sub-class forgetting, its other sub-classes (half the class when it
+    pairs two, as in the digits' sub-class view; four fifths of a CIFAR-20 superclass). A weak model can
     misassign so much that a forgotten class looks present; then nothing is set aside and
     the rule is as strict as without this step.
     """
