@@ -15,7 +15,7 @@ from torch import nn
 
 from . import baselines
 from .options import MethodOptions, MethodResult
-from .request import SplitLoaders, retain_sample
+from .request import SplitLoaders, retain_sample, sample_loader
 from .unlearn import unlearn
 
 __all__ = ["Method", "METHODS", "ssd", "lfssd", "ssd_true_fisher", "run_method"]
@@ -28,6 +28,12 @@ def _dampen(method: str, model: nn.Module, loaders: SplitLoaders, options: Metho
     if options.alpha is None:
         raise ValueError(f"{method} needs options.alpha (the selection weighting), got None")
     auto = options.alpha == "auto"
+    if not auto and (options.calibration_lambdas is not None or options.calibration_forget_sample is not None):
+        raise ValueError('calibration_lambdas and calibration_forget_sample are only used with alpha="auto"')
+    lambda_ = options.calibration_lambdas if auto and options.calibration_lambdas is not None else options.lambda_
+    forget_sample = None
+    if auto and options.calibration_forget_sample is not None:
+        forget_sample = sample_loader(loaders.forget, options.calibration_forget_sample, seed=options.seed)
     model, report = unlearn(
         model,
         loaders.forget,
@@ -35,13 +41,15 @@ def _dampen(method: str, model: nn.Module, loaders: SplitLoaders, options: Metho
         full_loader=None if options.full_importance is not None else loaders.full,
         full_importance=options.full_importance,
         alpha=options.alpha,
-        lambda_=options.lambda_,
+        lambda_=lambda_,
         granularity=options.granularity,
         device=options.device,
         progress=options.progress,
         autocast_dtype=options.autocast_dtype,
         channels_last=options.channels_last,
         retain_loader=retain_sample(loaders, options.calibration_sample, seed=options.seed) if auto else None,
+        calibration_forget_loader=forget_sample,
+        growth=options.calibration_growth,
         label_samples=options.label_samples,
         seed=options.seed,
         warn=False,
@@ -54,10 +62,12 @@ def ssd(model: nn.Module, loaders: SplitLoaders, options: MethodOptions) -> Meth
     """SSD: Fisher importances (labelled ``D_f``), then selection and dampening.
 
     ``Imp_D`` is computed on ``loaders.full`` unless ``options.full_importance`` is given,
-    ``Imp_Df`` on ``loaders.forget``; ``options.alpha`` is required (``"auto"`` calibrates it
-    on ``D_f`` and :func:`~lfssd_tutorial.request.retain_sample`'s retained inputs; the choice
-    is ``report.calibration``). No warning is raised when nothing is selected: the result's
-    ``report.nothing_selected`` records it.
+    ``Imp_Df`` on ``loaders.forget``; ``options.alpha`` is required. ``"auto"`` calibrates it
+    on ``D_f`` (or ``options.calibration_forget_sample`` of its inputs) and
+    :func:`~lfssd_tutorial.request.retain_sample`'s retained inputs, choosing lambda too among
+    ``options.calibration_lambdas`` when given; the choice is ``report.calibration``. No
+    warning is raised when nothing is selected: the result's ``report.nothing_selected``
+    records it.
     """
     return _dampen("ssd", model, loaders, options)
 

@@ -11,7 +11,7 @@ Every method of :data:`lfssd_tutorial.methods.METHODS` is called as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -98,6 +98,11 @@ class MethodOptions:
             or ``"auto"``: chosen per request without labels by
             :func:`~lfssd_tutorial.calibrate_alpha`, on ``calibration_sample`` retained inputs.
         calibration_sample: how many retained inputs ``alpha="auto"`` calibrates on.
+        calibration_lambdas: with ``alpha="auto"``, candidate dampening constants to choose
+            among (``lambda_`` is then not used); ``None`` dampens at ``lambda_``.
+        calibration_growth: with ``alpha="auto"``, the spacing of the candidate alphas.
+        calibration_forget_sample: with ``alpha="auto"``, calibrate on this many ``D_f``
+            inputs (``None``: all of them); the importances use all of ``D_f``.
         label_samples: the true Fisher's label draws per input (``None``: exact), for
             ``ssd_true_fisher``.
         lambda_: SSD/LFSSD's dampening constant.
@@ -118,6 +123,9 @@ class MethodOptions:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     alpha: float | str | None = None
     calibration_sample: int = 256
+    calibration_lambdas: Sequence[float] | None = None
+    calibration_growth: float = 2.0
+    calibration_forget_sample: int | None = None
     label_samples: int | None = None
     lambda_: float = 1.0
     granularity: str = "batch"

@@ -39,6 +39,8 @@ def unlearn(
     alpha: float | str = 10.0,
     lambda_: float | Sequence[float] = 1.0,
     retain_loader: Iterable | None = None,
+    calibration_forget_loader: Iterable | None = None,
+    growth: float = 2.0,
     granularity: str = "batch",
     inplace: bool = False,
     device: str | torch.device | None = None,
@@ -77,6 +79,11 @@ def unlearn(
             dampening uses the chosen one (``report.lambda_``).
         retain_loader: with ``alpha="auto"``, a small sample of retained inputs (labels,
             if any, are ignored).
+        calibration_forget_loader: with ``alpha="auto"``, the ``D_f`` inputs to calibrate
+            on, e.g. a sample of a large ``D_f`` (:func:`~lfssd_tutorial.request.sample_loader`);
+            by default ``forget_loader``. The importances always use all of ``forget_loader``.
+        growth: with ``alpha="auto"``, the spacing of the candidate alphas in number of
+            selected weights (:func:`~lfssd_tutorial.calibrate_alpha`).
         granularity: ``"batch"`` (the authors' estimator) or ``"sample"``.
         inplace: edit ``model`` itself; by default a deep copy is edited and returned.
         device: where to compute importances; defaults to the model's device.
@@ -114,8 +121,8 @@ def unlearn(
         if isinstance(lambda_, (list, tuple)):
             raise ValueError('several lambda_ values are only used with alpha="auto", which chooses among them')
         check_hyperparameters(alpha, lambda_)
-        if retain_loader is not None:
-            raise ValueError('retain_loader is only used with alpha="auto"')
+        if retain_loader is not None or calibration_forget_loader is not None:
+            raise ValueError('retain_loader and calibration_forget_loader are only used with alpha="auto"')
     if (full_loader is None) == (full_importance is None):
         raise ValueError("give exactly one of full_loader (to compute Imp_D) or full_importance (precomputed Imp_D)")
     if full_importance is not None:
@@ -135,8 +142,10 @@ def unlearn(
     forget_importance = compute_importance(target, forget_loader, **options)
     choice = None
     if auto:
-        choice = calibrate_alpha(target, full_importance, forget_importance, forget_loader, retain_loader,
-                                 lambda_=lambda_, device=device, progress=progress, warn=warn, forward=forward)
+        calibration_forget = forget_loader if calibration_forget_loader is None else calibration_forget_loader
+        choice = calibrate_alpha(target, full_importance, forget_importance, calibration_forget, retain_loader,
+                                 lambda_=lambda_, growth=growth, device=device, progress=progress, warn=warn,
+                                 forward=forward)
         alpha, lambda_ = choice.alpha, choice.lambda_
     report = select_and_dampen_(target, full_importance, forget_importance, alpha=alpha, lambda_=lambda_, warn=False)
     report.calibration = choice

@@ -10,6 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import lfssd_tutorial as lf
 from lfssd_tutorial.calibrate import AlphaChoice, default_candidates, retained_to_keep
 from lfssd_tutorial.data import make_loader
+from lfssd_tutorial.methods import run_method
+from lfssd_tutorial.options import MethodOptions
+from lfssd_tutorial.request import retain_sample, sample_loader
 from lfssd_tutorial.digits import digits_request
 from lfssd_tutorial.training import TrainConfig
 
@@ -20,7 +23,8 @@ def small_digits_model():
     torch.set_num_threads(2)
     request = digits_request(8, train_config=TrainConfig(epochs=4, lr=0.05, milestones=(3,)))
     retain = torch.utils.data.Subset(request.split.retain_set(request.data), list(range(0, 1216, 9)))
-    loaders = {"full": request.loaders.full, "forget": request.loaders.forget, "retain_sample": make_loader(retain, batch_size=64)}
+    loaders = {"full": request.loaders.full, "forget": request.loaders.forget, "retain_sample": make_loader(retain, batch_size=64),
+               "split": request.loaders}
     return request.original, loaders
 
 
@@ -288,3 +292,35 @@ def test_unlearn_auto_chooses_lambda_and_uses_it(small_digits_model):
         warnings.simplefilter("error")
         lf.unlearn(model, loaders["forget"], method="ssd", full_importance=lf.compute_importance(model, loaders["full"], objective="fisher"),
                    alpha="auto", retain_loader=loaders["retain_sample"], warn=False)
+
+
+def test_auto_calibrates_on_a_forget_sample_with_its_growth_and_lambdas(small_digits_model):
+    """unlearn's calibration_forget_loader and growth, and run_method's calibration options,
+    reach calibrate_alpha unchanged; the importances still use all of D_f."""
+    model, loaders = small_digits_model
+    full = lf.compute_importance(model, loaders["full"], objective="l2")
+    forget = lf.compute_importance(model, loaders["forget"], objective="l2")
+    sample = sample_loader(loaders["forget"], 40, seed=3)
+    assert len(sample.dataset) == 40 < len(loaders["forget"].dataset)
+    lambdas, growth = (0.5, 1.0, 2.0), 2 ** 0.5
+    direct = lf.calibrate_alpha(model, full, forget, sample, loaders["retain_sample"], lambda_=lambdas, growth=growth,
+                                warn=False)
+    assert direct.rows() != lf.calibrate_alpha(model, full, forget, loaders["forget"], loaders["retain_sample"],
+                                               lambda_=lambdas, growth=growth, warn=False).rows()
+    _, report = lf.unlearn(model, loaders["forget"], method="lfssd", full_importance=full, alpha="auto", lambda_=lambdas,
+                           growth=growth, retain_loader=loaders["retain_sample"], calibration_forget_loader=sample,
+                           warn=False)
+    assert report.calibration.rows() == direct.rows()
+    split = loaders["split"]
+    options = MethodOptions(alpha="auto", calibration_lambdas=lambdas, calibration_growth=growth,
+                               calibration_forget_sample=40, full_importance=full, seed=3)
+    result = run_method("lfssd", model, split, options)
+    by_hand = lf.calibrate_alpha(model, full, forget, sample_loader(split.forget, 40, seed=3), retain_sample(split, 256, seed=3),
+                                 lambda_=lambdas, growth=growth, warn=False)
+    assert result.report.calibration.rows() == by_hand.rows()
+    assert (result.report.alpha, result.report.lambda_) == (by_hand.alpha, by_hand.lambda_)
+    with pytest.raises(ValueError, match='only used with alpha="auto"'):
+        run_method("lfssd", model, split, MethodOptions(alpha=5.0, calibration_lambdas=lambdas, full_importance=full))
+    with pytest.raises(ValueError, match='only used with alpha="auto"'):
+        lf.unlearn(model, loaders["forget"], full_importance=full, alpha=5.0, calibration_forget_loader=sample)
+

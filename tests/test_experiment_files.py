@@ -61,3 +61,21 @@ def test_bad_values_of_other_modules_dataclasses_are_charged_to_their_field():
     assert err.value.field == "baselines.bad_teacher_retain_fraction"
     config = config_from_dict({**base, "train": {"milestones": [2, 4]}})
     assert config.train.milestones == (2, 4)
+
+
+def test_calibration_settings_need_alpha_auto_and_name_the_row():
+    base = {"name": "ok", "scenario": {"kind": "full_class", "targets": ["1"]}}
+    auto = {"method": "lfssd", "alpha": "auto", "calibration_lambdas": [0.5, 1, 2], "calibration_growth": 1.5,
+            "calibration_forget_sample": 100}
+    config = config_from_dict({**base, "methods": [auto]})
+    spec = config.methods[0]
+    assert (spec.calibration_lambdas, spec.calibration_growth, spec.calibration_forget_sample) == ([0.5, 1.0, 2.0], 1.5, 100)
+    assert config.labels() == ["LFSSD (alpha=auto, lambda=auto)"]
+    for bad, field in [({"alpha": 3}, "alpha"), ({"calibration_growth": 1.0}, "calibration_growth"),
+                       ({"calibration_forget_sample": 0}, "calibration_forget_sample"),
+                       ({"calibration_lambdas": []}, "calibration_lambdas"),
+                       ({"calibration_lambdas": [1, -1]}, "calibration_lambdas")]:
+        with pytest.raises(ConfigError) as err:
+            config_from_dict({**base, "methods": [{**auto, **bad}]})
+        assert err.value.field == f"methods[0].{field}", bad
+

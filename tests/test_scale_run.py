@@ -177,11 +177,12 @@ def test_memory_resnet9_run_with_validation_auto_alpha_and_one_imp_d_per_method(
         "train": {"epochs": 1, "lr": 0.05, "schedule": "onecycle", "warmup_epochs": 0.5, "nesterov": True,
                   "label_smoothing": 0.2},
         "scenario": {"kind": "full_class", "targets": ["dog", "cat"]},
-        "methods": ["original", "retrain", "lfssd", {"method": "lfssd", "alpha": 2}, {"method": "lfssd", "alpha": "auto"},
+        "methods": ["original", "retrain", "lfssd", {"method": "lfssd", "alpha": 2},
+                    {"method": "lfssd", "alpha": "auto", "calibration_lambdas": [0.5, 1], "calibration_forget_sample": 5},
                     {"method": "ssd", "alpha": 2}, {"method": "lfssd", "granularity": "sample", "alpha": 2}],
         "seeds": [0],
     })
-    assert cfg.labels()[4] == "LFSSD (alpha=auto)"
+    assert cfg.labels()[4] == "LFSSD (alpha=auto, lambda=auto)"
     records = E.run_forget(cfg, out_dir=str(tmp_path), device="cpu")
     # Imp_D once per target and method at batch granularity, once per seed at sample granularity
     # (the forget passes are not the runner's)
@@ -197,6 +198,7 @@ def test_memory_resnet9_run_with_validation_auto_alpha_and_one_imp_d_per_method(
             assert 0.0 <= r[k] <= 100.0
     auto = records[4]
     assert auto["alpha_rule"] == "auto" and isinstance(auto["alpha"], float) and "calibration_warning" in auto
+    assert auto["lambda"] in (0.5, 1.0) and auto["set_aside"] >= 0
 
 
 # ---------------------------------------------------------------- batches cut on the device

@@ -189,8 +189,11 @@ class MethodSpec:
     ``alpha`` ``None`` means the papers' default for the model and scenario
     (:func:`default_alpha`); ``"auto"`` chooses it per request without labels
     (:func:`~lfssd_tutorial.calibrate_alpha`, on ``D_f`` and a sample of ``calibration_sample``
-    retained training inputs). ``label`` defaults to a readable name. In a config file
-    ``lambda_`` is written ``lambda``.
+    retained training inputs). With ``"auto"``, ``calibration_lambdas`` lists candidate
+    lambdas to choose among as well (``lambda_`` is then unused), ``calibration_growth`` spaces
+    the candidate alphas, and ``calibration_forget_sample`` calibrates on that many ``D_f``
+    inputs instead of all (chapter 7's CIFAR-10 study: ``[0.5, 1, 2]``, ``1.4142`` and 1,024).
+    ``label`` defaults to a readable name. In a config file ``lambda_`` is written ``lambda``.
     """
 
     method: str
@@ -199,6 +202,9 @@ class MethodSpec:
     granularity: str = "batch"
     label: str | None = None
     calibration_sample: int = 256
+    calibration_lambdas: list[float] | None = None
+    calibration_growth: float = 2.0
+    calibration_forget_sample: int | None = None
     label_samples: int | None = None
 
     def __post_init__(self) -> None:
@@ -209,6 +215,14 @@ class MethodSpec:
         else:
             _require(self.alpha is None or self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
         _require(self.calibration_sample >= 1, "calibration_sample", f"must be >= 1, got {self.calibration_sample}")
+        _require(self.calibration_growth > 1, "calibration_growth", f"must be > 1, got {self.calibration_growth}")
+        _require(self.calibration_forget_sample is None or self.calibration_forget_sample >= 1, "calibration_forget_sample",
+                 f"must be >= 1, got {self.calibration_forget_sample}")
+        _require(self.calibration_lambdas is None or (bool(self.calibration_lambdas) and min(self.calibration_lambdas) >= 0),
+                 "calibration_lambdas", f"must be a non-empty list of lambdas >= 0, got {self.calibration_lambdas}")
+        calibrated = self.calibration_lambdas is not None or self.calibration_forget_sample is not None or self.calibration_growth != 2.0
+        _require(self.alpha == "auto" or not calibrated, "alpha",
+                 "calibration_lambdas, calibration_growth and calibration_forget_sample need alpha: auto")
         _require(self.label_samples is None or (self.method == "ssd_true_fisher" and self.label_samples >= 1), "label_samples",
                  f"only ssd_true_fisher draws labels, and at least one per input; got {self.label_samples!r} for {self.method!r}")
         _require(self.lambda_ >= 0, "lambda", f"must be >= 0, got {self.lambda_}")
@@ -287,7 +301,9 @@ def method_label(spec: MethodSpec, config: ExperimentConfig | None = None) -> st
         name += "-sample"
     alpha = spec.alpha if config is None or spec.alpha is not None else config.alpha_of(spec)
     extra = "alpha=default" if alpha is None else f"alpha={alpha}" if isinstance(alpha, str) else f"alpha={alpha:g}"
-    if spec.lambda_ != 1.0:
+    if spec.alpha == "auto" and spec.calibration_lambdas is not None:
+        extra += ", lambda=auto"
+    elif spec.lambda_ != 1.0:
         extra += f", lambda={spec.lambda_:g}"
     if spec.label_samples is not None:
         extra += ", sampled labels" if spec.label_samples == 1 else f", {spec.label_samples} sampled labels"

@@ -122,7 +122,9 @@ class _Experiment:
         baselines = c.baseline_config()
         return MethodOptions(
             baselines=baselines, alpha=c.alpha_of(spec) if spec.dampening else None, lambda_=spec.lambda_,
-            calibration_sample=spec.calibration_sample, label_samples=spec.label_samples, granularity=spec.granularity,
+            calibration_sample=spec.calibration_sample, calibration_lambdas=spec.calibration_lambdas,
+            calibration_growth=spec.calibration_growth, calibration_forget_sample=spec.calibration_forget_sample,
+            label_samples=spec.label_samples, granularity=spec.granularity,
             model_factory=self.factory,
             device=self.device, progress=self.progress if progress is None else progress, seed=seed,
             autocast_dtype=self.importance_dtype(spec), channels_last=uses_channels_last(c, self.device),
@@ -346,8 +348,10 @@ def _dampening_fields(spec: MethodSpec, alpha: float | str, report: DampeningRep
         "selected": int(report.total_selected), "fraction_selected": float(report.fraction_selected),
         "max_ratio": float(report.max_ratio) if math.isfinite(report.max_ratio) else None,
     }
-    if report.calibration is not None:  # alpha "auto": the alpha chosen, and the calibration's warning
-        fields.update(alpha=report.calibration.alpha, alpha_rule="auto", calibration_warning=report.calibration.warning)
+    choice = report.calibration
+    if choice is not None:  # alpha "auto": the alpha and lambda chosen, and the calibration's warning
+        fields.update(alpha=choice.alpha, alpha_rule="auto", calibration_warning=choice.warning)
+        fields.update({"lambda": choice.lambda_, "set_aside": choice.set_aside})
     return fields
 
 
