@@ -289,3 +289,30 @@ def test_committed_checkpoints_load_into_the_configs_model():
                 recorded = json.load(f)
             for key in ("test_accuracy", "acc_retain", "acc_forget"):
                 assert info.get(key) == recorded.get(key), (name, key)
+
+
+def test_committed_cpu_run_has_every_cell_and_sweep_of_its_configs():
+    """The CPU run is complete: one record per row of both configs, seed and request (none of a
+    row the configs no longer have), calibrated rows that record the lambda and set-aside
+    count they chose, and every alpha x lambda sweep of run.sh at both granularities."""
+    import os
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "cifar10-resnet9-cpu")
+    records = E.read_results(os.path.join(root, "results.jsonl"))
+    expected, sweeps = set(), set()
+    for kind in ("full_class", "random"):
+        config = E.load_config(os.path.join(root, "..", "..", "configs", f"cifar10_cpu_resnet9_{kind}.yaml"))
+        for target in config.scenario.target_list():
+            for seed in config.seeds:
+                expected |= {(config.name, str(target), label, seed) for label in config.labels()}
+                sweeps |= {f"sweep-{method}-{granularity}-{E.file_slug(target)}-seed{seed}.jsonl"
+                           for method in ("ssd", "lfssd") for granularity in ("batch", "sample")}
+    found = [(r["experiment"], r["target"], r["label"], r["seed"]) for r in records]
+    assert len(found) == len(set(found)), "a cell is recorded twice"
+    assert set(found) == expected
+    auto = [r for r in records if r.get("alpha_rule") == "auto"]
+    assert len(auto) == 18 and all(r["lambda"] in (0.5, 1.0, 2.0) and r["set_aside"] >= 0 for r in auto)
+    grid = {(a, lam) for a in (1.5, 2, 3, 5, 7, 10) for lam in (0.5, 1)}
+    for name in sorted(sweeps):
+        points = E.read_results(os.path.join(root, name))
+        assert {(p["alpha"], p["lambda"]) for p in points} == grid, name

@@ -24,11 +24,12 @@ ALPHAS=(1.5 2 3 5 7 10)
 LAMBDAS=(0.5 1)
 export OMP_WAIT_POLICY=PASSIVE
 run() { echo "== $(date -u +%FT%TZ) $*"; $PY -m lfssd_tutorial "$@" "${COMMON[@]}"; }
-sweeps() {  # sweeps CONFIG SEED TARGET...: SSD and LFSSD alpha x lambda grids
-  local cfg=$1 seed=$2; shift 2
+sweeps() {  # sweeps GRANULARITY CONFIG SEED TARGET...: SSD and LFSSD alpha x lambda grids
+  local granularity=$1 cfg=$2 seed=$3; shift 3
   for target in "$@"; do
     for method in ssd lfssd; do
-      run sweep --config "$cfg" --seed "$seed" --target "$target" --method $method --alphas "${ALPHAS[@]}" --lambdas "${LAMBDAS[@]}"
+      run sweep --config "$cfg" --seed "$seed" --target "$target" --method $method --granularity $granularity \
+        --alphas "${ALPHAS[@]}" --lambdas "${LAMBDAS[@]}"
     done
   done
 }
@@ -48,7 +49,8 @@ train_b() {
 # The forget phase runs the rows in order of cost, so that a partial run has the cells that
 # matter most: first the baselines that cost seconds and the batch-granularity dampening rows, then
 # the alpha x lambda sweeps, then the per-sample rows (one Imp_D pass per seed and method, kept in
-# OUT/checkpoints and shared by both configs), then Finetune and Amnesiac (5 and 3 minutes a cell).
+# OUT/checkpoints and shared by both configs), then Finetune and Amnesiac (5 and 3 minutes a cell),
+# then the alpha x lambda sweeps of the per-sample variants (which read that Imp_D).
 CHEAP=(Original Retrain UNSIR 'Bad Teacher' 'SSD (*' 'LFSSD (*' 'SSD-true-Fisher (*')
 SAMPLE=('*-sample (*')
 COSTLY=(Finetune Amnesiac)
@@ -58,20 +60,24 @@ rows() {  # rows CONFIG SEEDS PATTERN...: those rows of the config for those see
 }
 forget_a() {
   rows $FULL "0 2" "${CHEAP[@]}"
-  sweeps $FULL 0 automobile cat
-  sweeps $FULL 2 automobile cat
+  sweeps batch $FULL 0 automobile cat
+  sweeps batch $FULL 2 automobile cat
   rows $FULL "0 2" "${SAMPLE[@]}"
   rows $FULL "0 2" "${COSTLY[@]}"
+  sweeps sample $FULL 0 automobile cat
+  sweeps sample $FULL 2 automobile cat
 }
 forget_b() {
   rows $FULL 1 "${CHEAP[@]}"
   rows $RAND "0 1 2" "${CHEAP[@]}"
-  sweeps $FULL 1 automobile cat
-  for seed in 0 1 2; do sweeps $RAND $seed $RANDOM_TARGET; done
+  sweeps batch $FULL 1 automobile cat
+  for seed in 0 1 2; do sweeps batch $RAND $seed $RANDOM_TARGET; done
   rows $FULL 1 "${SAMPLE[@]}"
   rows $RAND "0 1 2" "${SAMPLE[@]}"
   rows $FULL 1 "${COSTLY[@]}"
   rows $RAND "0 1 2" "${COSTLY[@]}"
+  sweeps sample $FULL 1 automobile cat
+  for seed in 0 1 2; do sweeps sample $RAND $seed $RANDOM_TARGET; done
 }
 worker() {  # worker a|b: its trainings, then its cells and sweeps
   local w=$1
