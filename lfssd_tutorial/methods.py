@@ -28,8 +28,10 @@ def _dampen(method: str, model: nn.Module, loaders: SplitLoaders, options: Metho
     if options.alpha is None:
         raise ValueError(f"{method} needs options.alpha (the selection weighting), got None")
     auto = options.alpha == "auto"
-    if not auto and (options.calibration_lambdas is not None or options.calibration_forget_sample is not None):
-        raise ValueError('calibration_lambdas and calibration_forget_sample are only used with alpha="auto"')
+    calibrated = (options.calibration_lambdas is not None or options.calibration_forget_sample is not None
+                  or options.calibration_growth != 2.0)
+    if calibrated and not auto:
+        raise ValueError('the calibration_* options are only used with alpha="auto"')
     lambda_ = options.calibration_lambdas if auto and options.calibration_lambdas is not None else options.lambda_
     forget_sample = None
     if auto and options.calibration_forget_sample is not None:

@@ -121,8 +121,8 @@ def unlearn(
         if isinstance(lambda_, (list, tuple)):
             raise ValueError('several lambda_ values are only used with alpha="auto", which chooses among them')
         check_hyperparameters(alpha, lambda_)
-        if retain_loader is not None or calibration_forget_loader is not None:
-            raise ValueError('retain_loader and calibration_forget_loader are only used with alpha="auto"')
+        if retain_loader is not None or calibration_forget_loader is not None or growth != 2.0:
+            raise ValueError('retain_loader, calibration_forget_loader and growth are only used with alpha="auto"')
     if (full_loader is None) == (full_importance is None):
         raise ValueError("give exactly one of full_loader (to compute Imp_D) or full_importance (precomputed Imp_D)")
     if full_importance is not None:

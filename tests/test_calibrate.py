@@ -322,5 +322,9 @@ def test_auto_calibrates_on_a_forget_sample_with_its_growth_and_lambdas(small_di
     with pytest.raises(ValueError, match='only used with alpha="auto"'):
         run_method("lfssd", model, split, MethodOptions(alpha=5.0, calibration_lambdas=lambdas, full_importance=full))
     with pytest.raises(ValueError, match='only used with alpha="auto"'):
+        run_method("lfssd", model, split, MethodOptions(alpha=5.0, calibration_growth=growth, full_importance=full))
+    with pytest.raises(ValueError, match='only used with alpha="auto"'):
         lf.unlearn(model, loaders["forget"], full_importance=full, alpha=5.0, calibration_forget_loader=sample)
+    with pytest.raises(ValueError, match='only used with alpha="auto"'):
+        lf.unlearn(model, loaders["forget"], full_importance=full, alpha=5.0, growth=growth)
 
