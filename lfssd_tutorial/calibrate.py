@@ -370,9 +370,9 @@ def retained_to_keep(retain_predictions: torch.Tensor, forget_class: int) -> tor
     ``1 - accuracy`` of a class's share: a small fraction on the book's CIFAR-10 models
     (chapter 7), none on the digits. A class still present in the retained data keeps a
     sizeable share: in sub-class forgetting, its other sub-classes (half the class when it
-    pairs two, as in the digits' sub-class view; four fifths of a CIFAR-20 superclass). A weak model can
-    misassign so much that a forgotten class looks present; then nothing is set aside and
-    the rule is as strict as without this step.
+    pairs two, as in the digits' sub-class view; four fifths of a CIFAR-20 superclass). A
+    weak model can misassign so much that a forgotten class looks present; then nothing is
+    set aside and the rule is as strict as without this step.
     """
     counts = np.bincount(retain_predictions.numpy(), minlength=forget_class + 1)
     others = np.delete(counts, forget_class)

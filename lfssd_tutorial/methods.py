@@ -28,13 +28,10 @@ def _dampen(method: str, model: nn.Module, loaders: SplitLoaders, options: Metho
     if options.alpha is None:
         raise ValueError(f"{method} needs options.alpha (the selection weighting), got None")
     auto = options.alpha == "auto"
-    calibrated = (options.calibration_lambdas is not None or options.calibration_forget_sample is not None
-                  or options.calibration_growth != 2.0)
-    if calibrated and not auto:
-        raise ValueError('the calibration_* options are only used with alpha="auto"')
-    lambda_ = options.calibration_lambdas if auto and options.calibration_lambdas is not None else options.lambda_
+    # unlearn refuses the calibration's options with a fixed alpha
+    lambda_ = options.lambda_ if options.calibration_lambdas is None else options.calibration_lambdas
     forget_sample = None
-    if auto and options.calibration_forget_sample is not None:
+    if options.calibration_forget_sample is not None:
         forget_sample = sample_loader(loaders.forget, options.calibration_forget_sample, seed=options.seed)
     model, report = unlearn(
         model,

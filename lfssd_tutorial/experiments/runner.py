@@ -350,8 +350,8 @@ def _dampening_fields(spec: MethodSpec, alpha: float | str, report: DampeningRep
     }
     choice = report.calibration
     if choice is not None:  # alpha "auto": the alpha and lambda chosen, and the calibration's warning
-        fields.update(alpha=choice.alpha, alpha_rule="auto", calibration_warning=choice.warning)
-        fields.update({"lambda": choice.lambda_, "set_aside": choice.set_aside})
+        fields.update({"alpha": choice.alpha, "lambda": choice.lambda_, "alpha_rule": "auto",
+                       "calibration_warning": choice.warning, "set_aside": choice.set_aside})
     return fields
 
 
