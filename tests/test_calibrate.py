@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader, TensorDataset
 import lfssd_tutorial as lf
 from lfssd_tutorial.calibrate import AlphaChoice, default_candidates, retained_to_keep
 from lfssd_tutorial.data import make_loader
+from lfssd_tutorial.digits import digits_request
 from lfssd_tutorial.methods import run_method
 from lfssd_tutorial.options import MethodOptions
 from lfssd_tutorial.request import retain_sample, sample_loader
-from lfssd_tutorial.digits import digits_request
 from lfssd_tutorial.training import TrainConfig
 
 
@@ -313,7 +313,7 @@ def test_auto_calibrates_on_a_forget_sample_with_its_growth_and_lambdas(small_di
     assert report.calibration.rows() == direct.rows()
     split = loaders["split"]
     options = MethodOptions(alpha="auto", calibration_lambdas=lambdas, calibration_growth=growth,
-                               calibration_forget_sample=40, full_importance=full, seed=3)
+                            calibration_forget_sample=40, full_importance=full, seed=3)
     result = run_method("lfssd", model, split, options)
     by_hand = lf.calibrate_alpha(model, full, forget, sample_loader(split.forget, 40, seed=3), retain_sample(split, 256, seed=3),
                                  lambda_=lambdas, growth=growth, warn=False)
@@ -327,4 +327,3 @@ def test_auto_calibrates_on_a_forget_sample_with_its_growth_and_lambdas(small_di
         lf.unlearn(model, loaders["forget"], full_importance=full, alpha=5.0, calibration_forget_loader=sample)
     with pytest.raises(ValueError, match='only used with alpha="auto"'):
         lf.unlearn(model, loaders["forget"], full_importance=full, alpha=5.0, growth=growth)
-

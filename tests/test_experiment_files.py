@@ -78,4 +78,3 @@ def test_calibration_settings_need_alpha_auto_and_name_the_row():
         with pytest.raises(ConfigError) as err:
             config_from_dict({**base, "methods": [{**auto, **bad}]})
         assert err.value.field == f"methods[0].{field}", bad
-
