@@ -49,7 +49,7 @@ train_b() {
 # The forget phase runs the rows in order of cost, so that a partial run has the cells that
 # matter most: first the baselines that cost seconds and the batch-granularity dampening rows, then
 # the alpha x lambda sweeps, then the per-sample rows (one Imp_D pass per seed and method, kept in
-# OUT/checkpoints and shared by both configs), then Finetune and Amnesiac (5 and 3 minutes a cell),
+# OUT/checkpoints and shared by both configs), then Finetune and Amnesiac (about 7 and 4 minutes a cell),
 # then the alpha x lambda sweeps of the per-sample variants (which read that Imp_D).
 CHEAP=(Original Retrain UNSIR 'Bad Teacher' 'SSD (*' 'LFSSD (*' 'SSD-true-Fisher (*')
 SAMPLE=('*-sample (*')
